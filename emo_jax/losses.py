@@ -66,18 +66,22 @@ def _check_logits(logits: Array) -> None:
 
 
 def _check_labels(labels: Array, logits: Array) -> None:
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise TypeError(
-        f"labels must be integer token ids, got dtype {labels.dtype} (soft targets go to "
-        "soft_demd as label_probs)."
-    )
   if labels.shape != logits.shape[:-1]:
     raise ValueError(
         f"labels shape {labels.shape} must equal logits shape without the vocabulary axis "
         f"{logits.shape[:-1]} (logits {logits.shape})."
     )
+  check_labels(labels, logits.shape[-1])
+
+
+def check_labels(labels: Array, vocab_size: int) -> None:
+  """Raises unless ``labels`` are integer ids; if concrete, also unless all are ``< V``."""
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(
+        f"labels must be integer token ids, got dtype {labels.dtype} (soft targets go to "
+        "soft_demd as label_probs)."
+    )
   if _is_concrete(labels) and labels.size:
-    vocab_size = logits.shape[-1]
     labels_np = np.asarray(labels)
     too_large = labels_np >= vocab_size
     if too_large.any():
@@ -89,7 +93,9 @@ def _check_labels(labels: Array, logits: Array) -> None:
       )
 
 
-def _check_cost_embeddings(cost_embeddings: Array, vocab_size: int) -> None:
+def check_cost_embeddings(cost_embeddings: Array, vocab_size: int) -> None:
+  """Raises unless ``cost_embeddings`` is a float ``[vocab_size, d_c]`` matrix with no zero row
+  (the row check needs a concrete array; under ``jit`` a zero row yields NaN instead)."""
   if cost_embeddings.ndim != 2:
     raise ValueError(
         f"cost_embeddings must be [V, d_c], got shape {cost_embeddings.shape}."
@@ -104,7 +110,8 @@ def _check_cost_embeddings(cost_embeddings: Array, vocab_size: int) -> None:
         f"cost_embeddings must have a floating dtype, got {cost_embeddings.dtype}."
     )
   if _is_concrete(cost_embeddings):
-    norms = np.linalg.norm(np.asarray(cost_embeddings, np.float64), axis=-1)
+    rows = np.asarray(cost_embeddings, np.float32)
+    norms = np.sqrt(np.einsum("vd,vd->v", rows, rows))  # No [V, d_c] temporary.
     zero_rows = np.flatnonzero(~(norms > 0))  # Also catches NaN norms.
     if zero_rows.size:
       raise ValueError(
@@ -151,7 +158,7 @@ def normalize_cost_embeddings(cost_embeddings: Array) -> Array:
   A zero row raises when the array is concrete; under ``jit`` it becomes NaN (0/0), which
   makes every loss that uses it NaN rather than silently wrong.
   """
-  _check_cost_embeddings(cost_embeddings, cost_embeddings.shape[0])
+  check_cost_embeddings(cost_embeddings, cost_embeddings.shape[0])
   return _unit_rows(cost_embeddings)
 
 
@@ -184,6 +191,73 @@ def _demd_from_probs(probs: Array, safe_labels: Array, unit_embeddings: Array) -
       mode="fill", fill_value=jnp.nan,
   )  # [..., d_c]
   return 1.0 - jnp.sum(expected_embedding * target_embedding, axis=-1)  # [...]
+
+
+# ----------------------------------------------------------------------------------------
+# Combinations of per-token terms. One definition serves the losses below and the fused
+# path (emo_jax.fused_losses), which differentiates these same functions w.r.t. CE/DEMD.
+# ----------------------------------------------------------------------------------------
+
+
+def check_emo_options(weighting: str, max_weight: float | None) -> None:
+  if weighting not in ("mle", "demd"):
+    raise ValueError(f"weighting must be 'mle' or 'demd', got {weighting!r}.")
+  if max_weight is not None and not max_weight > 0:
+    raise ValueError(f"max_weight must be positive (or None), got {max_weight}.")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f"{name} must be in [0, 1], got {value}.")
+
+
+def combine_emo(
+    ce: Array,
+    demd: Array,
+    target_prob: Array,
+    *,
+    weighting: Weighting = "mle",
+    max_weight: float | None = None,
+    detach_target_prob: bool = False,
+) -> Array:
+  """EMO's per-token combination of CE and DEMD (see :func:`emo`); elementwise.
+
+  ``ce`` and ``demd`` carry gradients; ``target_prob`` (``p_t``) is only ever used under
+  stop-gradient.
+  """
+  if detach_target_prob:
+    # DEMD' of the paper's continual-tuning code: the target's own mass is removed from p
+    # under stop-gradient, which adds sg(p_t)·ê_t·ê_t = sg(p_t) to the value only.
+    demd = demd + jax.lax.stop_gradient(target_prob)
+  # Both terms are >= 0 in exact arithmetic; rounding can push DEMD (1 - a dot product
+  # of unit vectors) a hair below 0 for a confident correct prediction, which would flip
+  # the weight's sign, so denominators are clamped at 0 before adding the epsilon.
+  if weighting == "mle":
+    # sg(CE/DEMD): the paper's stop-gradient weight that rescales DEMD to CE's magnitude.
+    weight = jax.lax.stop_gradient(ce / (jnp.maximum(demd, 0.0) + RATIO_EPSILON))
+  else:
+    # sg(DEMD/CE): the "emo2" weight that rescales CE to DEMD's magnitude.
+    weight = jax.lax.stop_gradient(demd / (jnp.maximum(ce, 0.0) + RATIO_EPSILON))
+  if max_weight is not None:
+    weight = jnp.minimum(weight, max_weight)
+  if weighting == "mle":
+    return 0.5 * (ce + weight * demd)
+  return weight * ce + demd
+
+
+def combine_mixce(ce: Array, target_prob: Array, mixing_ratio: float) -> Array:
+  """MixCE's per-token ``r·CE + (1-r)·sg(p_t)·CE`` (see :func:`mixce`)."""
+  # sg(p_t): MixCE's detached model probability of the target.
+  target_prob = jax.lax.stop_gradient(target_prob)
+  return mixing_ratio * ce + (1.0 - mixing_ratio) * target_prob * ce
+
+
+def combine_tailr(ce: Array, target_prob: Array, gamma: float) -> Array:
+  """TaiLr's per-token combination (see :func:`tailr`)."""
+  # sg(p_t): TaiLr's detached target probability inside its importance weight.
+  target_prob = jax.lax.stop_gradient(target_prob)
+  weight = jnp.clip(target_prob / ((1.0 - gamma) + gamma * target_prob), 0.2, 1.0)
+  return gamma * ce + (1.0 - gamma) * weight * ce
 
 
 # ----------------------------------------------------------------------------------------
@@ -254,7 +328,7 @@ def demd(
   """
   _check_logits(logits)
   _check_labels(labels, logits)
-  _check_cost_embeddings(cost_embeddings, logits.shape[-1])
+  check_cost_embeddings(cost_embeddings, logits.shape[-1])
   valid = _valid_positions(labels, where)
   log_probs, _, safe_labels = _log_probs_and_targets(logits, labels, valid)
   unit_embeddings = _unit_rows(cost_embeddings)  # [V, d_c]
@@ -301,7 +375,7 @@ def soft_demd(
     )
   if not jnp.issubdtype(label_probs.dtype, jnp.floating):
     raise TypeError(f"label_probs must be a float distribution, got {label_probs.dtype}.")
-  _check_cost_embeddings(cost_embeddings, logits.shape[-1])
+  check_cost_embeddings(cost_embeddings, logits.shape[-1])
   valid = _where_mask(where, logits.shape[:-1])
   dtype = _compute_dtype(logits.dtype)
   unit_embeddings = _unit_rows(cost_embeddings).astype(dtype)  # [V, d_c]
@@ -371,40 +445,20 @@ def emo(
     >>> per_token.shape, bool(jnp.allclose(per_token, losses.cross_entropy(logits, labels)))
     ((2, 5), True)
   """
-  if weighting not in ("mle", "demd"):
-    raise ValueError(f"weighting must be 'mle' or 'demd', got {weighting!r}.")
-  if max_weight is not None and not max_weight > 0:
-    raise ValueError(f"max_weight must be positive (or None), got {max_weight}.")
+  check_emo_options(weighting, max_weight)
   _check_logits(logits)
   _check_labels(labels, logits)
-  _check_cost_embeddings(cost_embeddings, logits.shape[-1])
+  check_cost_embeddings(cost_embeddings, logits.shape[-1])
   valid = _valid_positions(labels, where)
   log_probs, target_log_prob, safe_labels = _log_probs_and_targets(logits, labels, valid)
   unit_embeddings = _unit_rows(cost_embeddings)  # [V, d_c]
 
   ce = -target_log_prob  # [...]
   demd_value = _demd_from_probs(jnp.exp(log_probs), safe_labels, unit_embeddings)  # [...]
-  if detach_target_prob:
-    # DEMD' of the paper's continual-tuning code: the target's own mass is removed from p
-    # under stop-gradient, which adds sg(p_t)·ê_t·ê_t = sg(p_t) to the value only.
-    demd_value = demd_value + jax.lax.stop_gradient(jnp.exp(target_log_prob))
-
-  # Both terms are >= 0 in exact arithmetic; rounding can push DEMD (1 - a dot product
-  # of unit vectors) a hair below 0 for a confident correct prediction, which would flip
-  # the weight's sign, so denominators are clamped at 0 before adding the epsilon.
-  if weighting == "mle":
-    # sg(CE/DEMD): the paper's stop-gradient weight that rescales DEMD to CE's magnitude.
-    weight = jax.lax.stop_gradient(ce / (jnp.maximum(demd_value, 0.0) + RATIO_EPSILON))
-  else:
-    # sg(DEMD/CE): the "emo2" weight that rescales CE to DEMD's magnitude.
-    weight = jax.lax.stop_gradient(demd_value / (jnp.maximum(ce, 0.0) + RATIO_EPSILON))
-  if max_weight is not None:
-    weight = jnp.minimum(weight, max_weight)
-
-  if weighting == "mle":
-    loss = 0.5 * (ce + weight * demd_value)
-  else:
-    loss = weight * ce + demd_value
+  loss = combine_emo(
+      ce, demd_value, jnp.exp(target_log_prob), weighting=weighting,
+      max_weight=max_weight, detach_target_prob=detach_target_prob,
+  )
   return _masked(loss, valid)
 
 
@@ -437,16 +491,12 @@ def mixce(
     >>> [round(v, 4) for v in losses.mixce(logits, jnp.array([0]), mixing_ratio=0.5).tolist()]  # .75·ln 2
     [0.5199]
   """
-  if not 0.0 <= mixing_ratio <= 1.0:
-    raise ValueError(f"mixing_ratio must be in [0, 1], got {mixing_ratio}.")
+  check_unit_interval("mixing_ratio", mixing_ratio)
   _check_logits(logits)
   _check_labels(labels, logits)
   valid = _valid_positions(labels, where)
   _, target_log_prob, _ = _log_probs_and_targets(logits, labels, valid)
-  ce = -target_log_prob  # [...]
-  # sg(p_t): MixCE's detached model probability of the target.
-  target_prob = jax.lax.stop_gradient(jnp.exp(target_log_prob))  # [...]
-  loss = mixing_ratio * ce + (1.0 - mixing_ratio) * target_prob * ce
+  loss = combine_mixce(-target_log_prob, jnp.exp(target_log_prob), mixing_ratio)
   return _masked(loss, valid)
 
 
@@ -482,17 +532,12 @@ def tailr(
     >>> [round(v, 4) for v in losses.tailr(logits, jnp.array([0]), gamma=0.5).tolist()]  # (.5 + .5·2/3)·ln 2
     [0.5776]
   """
-  if not 0.0 <= gamma <= 1.0:
-    raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
+  check_unit_interval("gamma", gamma)
   _check_logits(logits)
   _check_labels(labels, logits)
   valid = _valid_positions(labels, where)
   _, target_log_prob, _ = _log_probs_and_targets(logits, labels, valid)
-  ce = -target_log_prob  # [...]
-  # sg(p_t): TaiLr's detached target probability inside its importance weight.
-  target_prob = jax.lax.stop_gradient(jnp.exp(target_log_prob))  # [...]
-  weight = jnp.clip(target_prob / ((1.0 - gamma) + gamma * target_prob), 0.2, 1.0)
-  loss = gamma * ce + (1.0 - gamma) * weight * ce
+  loss = combine_tailr(-target_log_prob, jnp.exp(target_log_prob), gamma)
   return _masked(loss, valid)
 
 

@@ -1,0 +1,90 @@
+"""The embedded default: a tiny GPT-2 on Tiny Shakespeare, MLE warm-up then EMO.
+
+Runs offline in a few minutes on a laptop CPU (``EMO_JAX_DATA`` or ``data.manual_dir`` must
+point at a folder laid out like ``shared/data``) and visibly learns: validation perplexity
+drops from the vocabulary size (~50k) to a few hundred. With no pretrained model to take the
+cost embeddings from, the head is trained with MLE for ``loss.mle_warmup_steps`` and then
+snapshotted into the ``cost`` collection -- the known recipe for EMO from scratch.
+
+Every field is documented; variants (``configs/*.py``) import this file and change fields.
+Override from the command line: ``--config.train.num_steps=100 --config.loss.name=mle``.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Parameter init, dropout and data order all derive from it.
+
+  # ---- Model ---------------------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  # HF directory or hub name of a pretrained GPT-2; '' trains `preset` from scratch.
+  config.model.pretrained = ""
+  # GPT2Config.preset for from-scratch runs: tiny | small-cpu | gpt2 | gpt2-medium | ...
+  config.model.preset = "tiny"
+  config.model.n_positions = 128  # Context length of a from-scratch model (>= block_size).
+  config.model.dropout = 0.0  # Embedding / attention / residual dropout rate.
+  config.model.dtype = "float32"  # Activation dtype ('bfloat16' on accelerators).
+  config.model.param_dtype = "float32"  # Parameters and optimizer state stay float32.
+  config.model.remat = False  # Rematerialise each block in the backward pass.
+
+  # ---- Data ----------------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  # Corpus reader in emo_jax.corpora: tiny_shakespeare | wikitext2 | wikitext2_raw | ptb |
+  # ag_news.
+  config.data.corpus = "tiny_shakespeare"
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.manual_dir = ""  # Folder laid out like shared/data; '' reads $EMO_JAX_DATA.
+  config.data.tokenizer_dir = ""  # HF tokenizer directory; '' uses the packaged GPT-2 BPE.
+  config.data.block_size = 64  # Tokens per training example (the paper uses 256).
+  config.data.max_eval_blocks = 256  # Cap on validation blocks per evaluation (0 = all).
+
+  # ---- Objective -----------------------------------------------------------------------
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "emo"  # mle | emo | mixce | tailr
+  config.loss.weighting = "mle"  # EMO: 'mle' = ½[CE + sg(CE/DEMD)·DEMD]; 'demd' = emo2.
+  config.loss.max_weight = config_dict.placeholder(float)  # EMO: clamp sg ratio (e.g. 3.0).
+  config.loss.detach_target_prob = False  # EMO: DEMD' = DEMD + sg(p_t) in the weight.
+  config.loss.mixing_ratio = 0.5  # MixCE's r.
+  config.loss.gamma = 0.5  # TaiLr's γ.
+  # Cost embeddings: 'frozen_head' (copy of the head at load / at the end of warm-up) or
+  # 'adaptive' (the current head under stop-gradient).
+  config.loss.cost_source = "frozen_head"
+  config.loss.mle_warmup_steps = 100  # Steps of plain MLE before `name` takes over.
+  config.loss.fused = True  # Chunked loss from hidden states (no [N, V] logits buffer).
+  config.loss.chunk_size = 512  # Tokens per chunk of the fused loss.
+
+  # ---- Optimizer -----------------------------------------------------------------------
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 3e-3  # Peak learning rate.
+  config.optim.schedule = "cosine"  # constant | linear | cosine decay after warm-up.
+  config.optim.warmup_steps = 30  # Linear learning-rate warm-up.
+  config.optim.weight_decay = 0.01  # AdamW decay on matrices only (no biases/LayerNorm).
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.98
+  config.optim.eps = 1e-8
+  config.optim.grad_clip_norm = 1.0  # Global-norm clipping (0 disables).
+
+  # ---- Training loop -------------------------------------------------------------------
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 16  # Global batch, in blocks, over all devices and hosts.
+  config.train.grad_accum_steps = 1  # Micro-batches per step (same result as one batch).
+  config.train.num_steps = 400  # Optimizer steps.
+  config.train.log_every = 20  # Steps between training-metric logs.
+  config.train.eval_every = 100  # Steps between validation passes (and best checkpoints).
+  config.train.save_every = 100  # Steps between periodic checkpoints.
+  config.train.keep_checkpoints = 2  # Periodic checkpoints kept (the best is kept apart).
+  config.train.nan_policy = "stop"  # 'stop': raise at a non-finite loss; 'skip': drop step.
+  config.train.export_hf = True  # Write the best model as an HF directory at the end.
+  config.train.num_samples = 3  # Continuations printed at the end (0 = none).
+  config.train.sample_tokens = 40  # New tokens per sample.
+
+  # ---- Devices -------------------------------------------------------------------------
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # Data-parallel axis size (-1 = the devices fsdp leaves).
+  config.mesh.fsdp = 1  # Parameter-sharding axis size.
+  config.distributed = False  # Call jax.distributed.initialize() (multi-host runs).
+  return config

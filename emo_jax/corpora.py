@@ -1,0 +1,119 @@
+"""The paper's corpora read from local copies of their original files, as documents.
+
+Each reader returns the documents (strings) of one split. Files are found under the data
+folder (``EMO_JAX_DATA`` or ``data.manual_dir``, see :mod:`emo_jax.data_paths`) with the
+upstream names. Splits follow the upstream releases; where a split is missing locally the
+carve-out is deterministic and documented on the reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from typing import Callable
+
+from emo_jax.data_paths import corpus_file
+
+SPLITS = ("train", "validation", "test")
+
+
+def _check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}.")
+
+
+def tiny_shakespeare(split: str, manual_dir: str | None = None) -> list[str]:
+  """One document per split, cut by characters 90/5/5 exactly as TFDS ``tiny_shakespeare``."""
+  _check_split(split)
+  with open(corpus_file("tiny_shakespeare", "input.txt", manual_dir), encoding="utf-8") as f:
+    text = f.read()
+  train_end = int(len(text) * 0.9)
+  valid_end = train_end + (len(text) - train_end) // 2
+  return [{"train": text[:train_end], "validation": text[train_end:valid_end],
+           "test": text[valid_end:]}[split]]
+
+
+def _wikitext_documents(lines: list[str]) -> list[str]:
+  """Articles: a top-level heading line `` = Title = `` starts a new document."""
+  documents, current = [], []
+  for line in lines:
+    stripped = line.strip()
+    is_title = (stripped.startswith("= ") and stripped.endswith(" =")
+                and not stripped.startswith("= ="))
+    if is_title and current:
+      documents.append("".join(current))
+      current = []
+    current.append(line)
+  if current:
+    documents.append("".join(current))
+  return [d for d in documents if d.strip()]
+
+
+def wikitext2(split: str, manual_dir: str | None = None) -> list[str]:
+  """WikiText-2 v1 (tokenized release, ``<unk>`` for rare words), one article per document."""
+  _check_split(split)
+  name = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens",
+          "test": "wiki.test.tokens"}[split]
+  with open(corpus_file("wikitext-2", name, manual_dir), encoding="utf-8") as f:
+    return _wikitext_documents(f.readlines())
+
+
+def wikitext2_raw(split: str, manual_dir: str | None = None) -> list[str]:
+  """WikiText-2 raw. Only validation and test exist locally: the paper's CPU-scale study
+  fine-tunes on ``validation`` and tests on ``test``; ``train`` raises with that advice."""
+  _check_split(split)
+  if split == "train":
+    raise FileNotFoundError(
+        "wikitext-2-raw has no local train split (wiki.train.raw is not in the data folder);"
+        " use split 'validation' for training, or corpus 'wikitext2' (tokenized) train.")
+  name = {"validation": "wiki.valid.raw", "test": "wiki.test.raw"}[split]
+  with open(corpus_file("wikitext-2-raw", name, manual_dir), encoding="utf-8") as f:
+    return _wikitext_documents(f.readlines())
+
+
+def ptb(split: str, manual_dir: str | None = None) -> list[str]:
+  """Penn Treebank (Mikolov): one sentence per line, each line a document."""
+  _check_split(split)
+  name = {"train": "ptb.train.txt", "validation": "ptb.valid.txt", "test": "ptb.test.txt"}[split]
+  with open(corpus_file("ptb", name, manual_dir), encoding="utf-8") as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+def ag_news_split_of(title: str, description: str) -> str:
+  """Deterministic 80/10/10 carve-out of AG News' ``test.csv`` (the only local file):
+  a row's split is fixed by the SHA-256 of its text, so it never depends on row order."""
+  bucket = hashlib.sha256(f"{title}\n{description}".encode()).digest()[0] % 10
+  return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
+
+
+def ag_news(split: str, manual_dir: str | None = None) -> list[str]:
+  """AG News articles ``"title. description"`` from ``test.csv``, split by
+  :func:`ag_news_split_of` (train.csv is not available offline)."""
+  _check_split(split)
+  documents = []
+  with open(corpus_file("ag_news", "test.csv", manual_dir), encoding="utf-8", newline="") as f:
+    for row in csv.reader(f):
+      if len(row) != 3:
+        raise ValueError(f"ag_news/test.csv: expected 3 columns, got {len(row)}: {row[:2]}")
+      _, title, description = row
+      if ag_news_split_of(title, description) == split:
+        documents.append(f"{title.strip()}. {description.strip()}".replace("\\n", "\n"))
+  return documents
+
+
+READERS: dict[str, Callable[..., list[str]]] = {
+    "tiny_shakespeare": tiny_shakespeare,
+    "wikitext2": wikitext2,
+    "wikitext2_raw": wikitext2_raw,
+    "ptb": ptb,
+    "ag_news": ag_news,
+}
+
+
+def read_documents(corpus: str, split: str, manual_dir: str | None = None) -> list[str]:
+  if corpus not in READERS:
+    raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(READERS)}.")
+  documents = READERS[corpus](split, manual_dir)
+  if not documents:
+    raise ValueError(f"corpus {corpus!r} split {split!r} is empty.")
+  return documents

@@ -1,0 +1,507 @@
+"""Training: the only module that reads the config, binds the objective and runs the loop.
+
+``train_and_evaluate(config, workdir)``: resume from the workdir if it holds a checkpoint,
+else load the pretrained HF model named by the config, else initialise from scratch; then
+train with the configured objective (after ``loss.mle_warmup_steps`` of MLE), evaluate
+perplexity, keep periodic and best checkpoints, and finally export the best model to an HF
+directory and print a few samples.
+
+The state lives on a ``('data', 'fsdp')`` mesh (:mod:`emo_jax.sharding`); the step is one
+``jit`` with explicit shardings and a donated state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from emo_jax import checkpointing
+from emo_jax import corpora
+from emo_jax import cost_embeddings as cost_lib
+from emo_jax import fused_losses
+from emo_jax import input_pipeline
+from emo_jax import losses
+from emo_jax import run_logging
+from emo_jax import sampling
+from emo_jax import sharding
+from emo_jax.models import convert
+from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from emo_jax.tokenizer import load_tokenizer
+
+# An objective maps (hidden [..., d], head [V, d], targets [...], weights [...], cost
+# [V, d_c] | None) to (summed loss, per-token aux dict). Sums, not means: gradient
+# accumulation divides by the token count of the whole batch, as one big batch would.
+Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # Raw key data; dropout keys are folded from it per step.
+  # The `cost` collection, {"embeddings": [V, d_c]} or None ('adaptive'); it rides along
+  # for checkpointing but the optimizer never sees it.
+  cost: Any
+
+
+# ----------------------------------------------------------------------------------------
+# Objectives, bound once from the config.
+# ----------------------------------------------------------------------------------------
+
+
+def _naive_objective(per_token_loss, needs_cost, hidden, head, targets, weights, cost):
+  """Reference path: materialise ``[..., V]`` logits and reduce a per-token loss."""
+  logits = jnp.einsum("...d,vd->...v", hidden, head.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)  # [B, T, V]
+  per_token = per_token_loss(logits, targets, cost) if needs_cost else per_token_loss(
+      logits, targets)
+  aux = {"ce": losses.cross_entropy(logits, targets)}
+  if needs_cost:
+    aux["demd"] = losses.demd(logits, targets, cost)
+  return jnp.sum(per_token * weights), jax.lax.stop_gradient(aux)
+
+
+def _fused_objective(fused_loss, needs_cost, hidden, head, targets, weights, cost):
+  if needs_cost:
+    return fused_loss(hidden, head, targets, cost, weights=weights)
+  return fused_loss(hidden, head, targets, weights=weights)
+
+
+def make_objective(loss_config: ml_collections.ConfigDict, name: str | None = None
+                   ) -> tuple[Objective, bool]:
+  """``(objective, needs_cost)`` for ``loss_config`` (``name`` overrides ``loss.name``)."""
+  name = name or loss_config.name
+  if loss_config.fused:
+    common = dict(chunk_size=loss_config.chunk_size, reduction="sum")
+    bound = {
+        "mle": functools.partial(fused_losses.fused_cross_entropy, **common),
+        "emo": functools.partial(
+            fused_losses.fused_emo, weighting=loss_config.weighting,
+            max_weight=loss_config.max_weight,
+            detach_target_prob=loss_config.detach_target_prob, **common),
+        "mixce": functools.partial(fused_losses.fused_mixce,
+                                   mixing_ratio=loss_config.mixing_ratio, **common),
+        "tailr": functools.partial(fused_losses.fused_tailr, gamma=loss_config.gamma,
+                                   **common),
+    }
+    wrap = _fused_objective
+  else:
+    bound = {
+        "mle": losses.cross_entropy,
+        "emo": functools.partial(
+            losses.emo, weighting=loss_config.weighting, max_weight=loss_config.max_weight,
+            detach_target_prob=loss_config.detach_target_prob),
+        "mixce": functools.partial(losses.mixce, mixing_ratio=loss_config.mixing_ratio),
+        "tailr": functools.partial(losses.tailr, gamma=loss_config.gamma),
+    }
+    wrap = _naive_objective
+  if name not in bound:
+    raise ValueError(f"loss.name must be one of {sorted(bound)}, got {name!r}.")
+  needs_cost = name == "emo"
+  return functools.partial(wrap, bound[name], needs_cost), needs_cost
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizer.
+# ----------------------------------------------------------------------------------------
+
+
+def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  warmup = optax.linear_schedule(0.0, optim.learning_rate, max(optim.warmup_steps, 1))
+  decay_steps = max(total_steps - optim.warmup_steps, 1)
+  decays = {
+      "constant": optax.constant_schedule(optim.learning_rate),
+      "linear": optax.linear_schedule(optim.learning_rate, 0.0, decay_steps),
+      "cosine": optax.cosine_decay_schedule(optim.learning_rate, decay_steps),
+  }
+  if optim.schedule not in decays:
+    raise ValueError(f"optim.schedule must be one of {sorted(decays)}, got "
+                     f"{optim.schedule!r}.")
+  return optax.join_schedules([warmup, decays[optim.schedule]], [optim.warmup_steps])
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
+  schedule = make_schedule(optim, total_steps)
+  # Decay matrices only: biases and LayerNorm parameters are vectors.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  chain = []
+  if optim.grad_clip_norm:
+    chain.append(optax.clip_by_global_norm(optim.grad_clip_norm))
+  chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                           weight_decay=optim.weight_decay, mask=decay_mask))
+  return optax.chain(*chain), schedule
+
+
+# ----------------------------------------------------------------------------------------
+# Steps.
+# ----------------------------------------------------------------------------------------
+
+
+def _model_outputs(model, params, inputs, dropout_rng):
+  """Final hidden states and the ``[V, d]`` head, with dropout when the rate is > 0."""
+  deterministic = dropout_rng is None
+  rngs = {} if deterministic else {"dropout": dropout_rng}
+  hidden = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs,
+                       method=model.hidden_states)
+  head = model.apply({"params": params}, method=model.output_embeddings)
+  return hidden, head
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimizer,
+               objective: Objective, skip_nonfinite: bool, use_dropout: bool):
+  """One optimizer step over ``batch`` arrays ``[accum, micro_batch, length]``.
+
+  The micro-batches' summed losses and gradients are added up and divided by the total
+  token weight, which makes accumulation exactly one big batch.
+  """
+  step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  cost = None if state.cost is None else state.cost["embeddings"]
+
+  def micro_loss(params, micro, rng):
+    hidden, head = _model_outputs(model, params, micro["inputs"],
+                                  rng if use_dropout else None)
+    # 'adaptive' cost: the current head, a constant as far as the gradient goes.
+    cost_now = jax.lax.stop_gradient(head) if cost is None else cost
+    return objective(hidden, head, micro["targets"], micro["weights"], cost_now)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def accumulate(carry, micro_and_index):
+    micro, index = micro_and_index
+    grads_sum, loss_sum, ce_sum, demd_sum = carry
+    (loss, aux), grads = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index))
+    weights = micro["weights"]
+    return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss,
+            ce_sum + jnp.sum(aux["ce"] * weights),
+            demd_sum + jnp.sum(aux.get("demd", jnp.zeros_like(weights)) * weights)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  num_micro = batch["inputs"].shape[0]
+  (grads, loss_sum, ce_sum, demd_sum), _ = jax.lax.scan(
+      accumulate, (zeros, 0.0, 0.0, 0.0), (batch, jnp.arange(num_micro)))
+  token_count = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+  grads = jax.tree.map(lambda g: g / token_count, grads)
+  loss = loss_sum / token_count
+
+  updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+  if skip_nonfinite:  # Keep the old parameters and moments when the step is not finite.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_params = keep(new_params, state.params)
+    new_opt_state = keep(new_opt_state, state.opt_state)
+  new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state)
+  metrics = {"loss": loss, "ce": ce_sum / token_count, "demd": demd_sum / token_count,
+             "grad_norm": optax.tree.norm(grads), "finite": finite,
+             "tokens": token_count}
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, model):
+  """Summed token cross-entropy and token count of one evaluation batch."""
+  hidden, head = _model_outputs(model, params, batch["inputs"], None)
+  _, aux = fused_losses.fused_cross_entropy(hidden, head, batch["targets"],
+                                            weights=batch["weights"], reduction="sum")
+  return {"ce_sum": jnp.sum(aux["ce"] * batch["weights"]),
+          "count": jnp.sum(batch["weights"])}
+
+
+# ----------------------------------------------------------------------------------------
+# Setup.
+# ----------------------------------------------------------------------------------------
+
+
+def _dtype(name: str):
+  try:
+    return jnp.dtype(name)
+  except TypeError as e:
+    raise ValueError(f"unknown dtype {name!r} in the model config.") from e
+
+
+def build_model(config) -> tuple[GPT2LMHeadModel, dict[str, Any] | None]:
+  """The model, plus HF variables when ``model.pretrained`` names a checkpoint."""
+  model_config = config.model
+  dtype, param_dtype = _dtype(model_config.dtype), _dtype(model_config.param_dtype)
+  dropout = dict(embd_pdrop=model_config.dropout, attn_pdrop=model_config.dropout,
+                 resid_pdrop=model_config.dropout)
+  if model_config.pretrained:
+    source = config.loss.cost_source
+    model, variables = convert.from_pretrained(
+        model_config.pretrained, dtype=dtype, param_dtype=param_dtype,
+        cost_embeddings=source, remat=model_config.remat, **dropout)
+    return model, variables
+  gpt2_config = GPT2Config.preset(model_config.preset, n_positions=model_config.n_positions,
+                                  **dropout)
+  return GPT2LMHeadModel(gpt2_config, dtype=dtype, param_dtype=param_dtype,
+                         remat=model_config.remat), None
+
+
+def _check_config(config) -> None:
+  if config.data.block_size > config.model.n_positions and not config.model.pretrained:
+    raise ValueError(f"data.block_size ({config.data.block_size}) exceeds the model's "
+                     f"n_positions ({config.model.n_positions}).")
+  if config.train.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got "
+                     f"{config.train.nan_policy!r}.")
+  if config.loss.cost_source not in (cost_lib.FROZEN_HEAD, cost_lib.ADAPTIVE):
+    raise ValueError(f"loss.cost_source must be {cost_lib.FROZEN_HEAD!r} or "
+                     f"{cost_lib.ADAPTIVE!r}, got {config.loss.cost_source!r}.")
+  per_process = config.train.batch_size // jax.process_count()
+  if config.train.batch_size % (jax.process_count() * config.train.grad_accum_steps) or (
+      (config.train.batch_size // config.train.grad_accum_steps) % jax.device_count()):
+    raise ValueError(
+        f"train.batch_size ({config.train.batch_size}) must split into "
+        f"grad_accum_steps ({config.train.grad_accum_steps}) micro-batches whose size is a "
+        f"multiple of the device count ({jax.device_count()}); per process {per_process}.")
+
+
+def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholder,
+                       cost_dim):
+  """The initial state, created already sharded (``eval_shape`` -> specs -> ``jit``)."""
+
+  def init_fn(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    params = model.init(params_rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    cost = None
+    if use_cost_placeholder:
+      # Filled when MLE warm-up ends (from-scratch 'frozen_head') or by the loaded model.
+      cost = {"embeddings": nn.Partitioned(
+          jnp.zeros((model.config.vocab_size, cost_dim), jnp.float32), ("vocab", "embed"))}
+    return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                      opt_state=optimizer.init(params),
+                      rng=jax.random.key_data(state_rng), cost=cost)
+
+  state, state_shardings = sharding.create_sharded(init_fn, mesh, rng)
+  return nn.meta.unbox(state), nn.meta.unbox(state_shardings)
+
+
+@dataclasses.dataclass
+class _Data:
+  train: input_pipeline.TrainIterator
+  eval_blocks: np.ndarray
+  tokenizer: Any
+
+
+def load_data(config, model) -> _Data:
+  tokenizer = load_tokenizer(config.data.tokenizer_dir or None)
+  tokenizer.check_model_vocab(model.config.vocab_size)
+  if config.data.block_size > model.config.n_positions:
+    raise ValueError(f"data.block_size ({config.data.block_size}) exceeds the model's "
+                     f"n_positions ({model.config.n_positions}).")
+  manual_dir = config.data.manual_dir or None
+  blocks = {}
+  for split in (config.data.train_split, config.data.eval_split):
+    documents = corpora.read_documents(config.data.corpus, split, manual_dir)
+    blocks[split] = input_pipeline.tokenize_and_pack(
+        documents, tokenizer, config.data.block_size, name=f"{config.data.corpus}/{split}")
+  eval_blocks = blocks[config.data.eval_split]
+  if config.data.max_eval_blocks:
+    eval_blocks = eval_blocks[:config.data.max_eval_blocks]
+  train = input_pipeline.TrainIterator(
+      blocks[config.data.train_split], config.train.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return _Data(train=train, eval_blocks=eval_blocks, tokenizer=tokenizer)
+
+
+def _to_micro_batches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
+  return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step (then saves and exits)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(eval_fn, params, data: _Data, mesh, global_batch: int) -> float:
+  """Token-weighted perplexity over the evaluation blocks (padding excluded)."""
+  ce_sum, count = 0.0, 0.0
+  for batch in input_pipeline.eval_batches(data.eval_blocks, global_batch,
+                                           jax.process_index(), jax.process_count()):
+    out = eval_fn(params, sharding.global_batch(mesh, batch, batch_axis=0))
+    ce_sum += float(out["ce_sum"])
+    count += float(out["count"])
+  return float(np.exp(ce_sum / max(count, 1.0)))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) training in ``workdir``; returns the final metrics."""
+  if config.distributed:
+    jax.distributed.initialize()
+  _check_config(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  model, pretrained = build_model(config)
+  data = load_data(config, model)
+  total_steps = config.train.num_steps
+  optimizer, schedule = make_optimizer(config.optim, total_steps)
+
+  frozen = config.loss.cost_source == cost_lib.FROZEN_HEAD
+  cost_dim = (pretrained["cost"]["embeddings"].shape[1]
+              if pretrained and "cost" in pretrained else model.config.n_embd)
+  state, state_shardings = create_train_state(
+      model, optimizer, mesh, jax.random.key(config.seed), config.data.block_size,
+      use_cost_placeholder=frozen, cost_dim=cost_dim)
+
+  checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  warmup_steps = config.loss.mle_warmup_steps
+  if checkpointer.latest_step() is not None:
+    state, data_state = checkpointer.restore(checkpointing.abstract_like(state))
+    data.train.set_state(data_state["train"])
+    logging.info("resumed from %s (step %d)", checkpointer.describe_latest(), int(state.step))
+  elif pretrained is not None:
+    params = jax.device_put(pretrained["params"], state_shardings.params)
+    cost = state.cost
+    if frozen:
+      cost = jax.device_put(pretrained["cost"], state_shardings.cost)
+    state = state.replace(params=params, cost=cost)
+    warmup_steps = 0 if frozen else warmup_steps  # The pretrained head is the cost.
+    logging.info("loaded pretrained weights from %s", config.model.pretrained)
+
+  main_objective, _ = make_objective(config.loss)
+  warmup_objective, _ = make_objective(config.loss, name="mle")
+  micro_batch_sharding = sharding.batch_sharding(mesh, ndim=3, batch_axis=1)
+  batch_shardings = {k: micro_batch_sharding for k in ("inputs", "targets", "weights")}
+
+  def compile_step(objective):
+    step = functools.partial(
+        train_step, model=model, optimizer=optimizer, objective=objective,
+        skip_nonfinite=config.train.nan_policy == "skip", use_dropout=config.model.dropout > 0)
+    return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=(0,))
+
+  steps = {"warmup": compile_step(warmup_objective), "main": compile_step(main_objective)}
+  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                    in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, 2)))
+  snapshot_cost = jax.jit(
+      lambda params: {"embeddings": cost_lib.make_cost_collection(
+          model, params, cost_lib.FROZEN_HEAD)["cost"]["embeddings"]},
+      out_shardings=state_shardings.cost)
+
+  logger = run_logging.RunLogger(workdir, total_steps, enabled=is_main)
+  preemption = _Preemption()
+  best = float("inf")  # Every process tracks it, so all of them join the best saves.
+  if os.path.exists(os.path.join(workdir, "best_metric.json")):
+    with open(os.path.join(workdir, "best_metric.json")) as f:
+      best = json.load(f)["eval/perplexity"]
+  step = int(state.step)
+  last_time, last_step, last_logged = time.time(), step, {}
+  try:
+    while step < total_steps:
+      if frozen and step == warmup_steps and warmup_steps > 0:
+        # End of MLE warm-up: the head becomes the frozen cost embeddings.
+        state = state.replace(cost=snapshot_cost(state.params))
+        logging.info("step %d: cost embeddings snapshotted from the LM head", step)
+      phase = "warmup" if step < warmup_steps else "main"
+      batch = _to_micro_batches(next(data.train), config.train.grad_accum_steps)
+      state, metrics = steps[phase](state, sharding.global_batch(mesh, batch, batch_axis=1))
+      step += 1
+      metrics = jax.device_get(metrics)
+      if not metrics["finite"]:
+        if config.train.nan_policy == "stop":
+          raise FloatingPointError(
+              f"non-finite loss ({metrics['loss']}) at step {step}; the last good checkpoint "
+              f"is {checkpointer.describe_latest()}. Set train.nan_policy='skip' to drop such "
+              "steps instead.")
+        last_logged["skipped"] = last_logged.get("skipped", 0) + 1
+      if step % config.train.log_every == 0 or step == total_steps:
+        elapsed = time.time() - last_time
+        tokens_per_second = float(metrics["tokens"]) * (step - last_step) / max(elapsed, 1e-9)
+        scalars = {"train/loss": metrics["loss"], "train/ce": metrics["ce"],
+                   "train/grad_norm": metrics["grad_norm"],
+                   "train/learning_rate": schedule(step - 1),
+                   "train/tokens_per_second": tokens_per_second,
+                   "train/skipped_steps": last_logged.get("skipped", 0)}
+        if phase == "main" and config.loss.name == "emo":
+          scalars["train/demd"] = metrics["demd"]
+        logger.write(step, scalars)
+        logger.progress(step, float(metrics["loss"]), tokens_per_second)
+        last_time, last_step = time.time(), step
+      if step % config.train.eval_every == 0 or step == total_steps:
+        perplexity = evaluate(eval_fn, state.params, data, mesh, config.train.batch_size)
+        logger.write(step, {"eval/perplexity": perplexity})
+        if perplexity < best:
+          best = perplexity
+          checkpointer.save(step, state, {"train": data.train.get_state()}, best=True)
+          if is_main:
+            with open(os.path.join(workdir, "best_metric.json"), "w") as f:
+              json.dump({"step": step, "eval/perplexity": perplexity}, f)
+      if step % config.train.save_every == 0 or step == total_steps or preemption.requested:
+        checkpointer.save(step, state, {"train": data.train.get_state()})
+      if preemption.requested:
+        logging.warning("SIGTERM: saved step %d to %s; exiting.", step,
+                        checkpointer.describe_latest())
+        return {"step": step, "preempted": True}
+  finally:
+    preemption.restore()
+    logger.close()
+
+  results = {"step": step, "best_eval_perplexity": best}
+  best_state, _ = checkpointer.restore(checkpointing.abstract_like(state), best=True)
+  if config.train.export_hf and is_main:
+    export_dir = os.path.join(workdir, "hf_export")
+    convert.save_pretrained({"params": best_state.params}, model.config, export_dir)
+    results["hf_export"] = export_dir
+  if config.train.num_samples and is_main:
+    results["samples"] = _print_samples(model, best_state.params, data, config)
+  if is_main:
+    results["curves"] = run_logging.plot_curves(workdir)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  checkpointer.close()
+  return results
+
+
+def _print_samples(model, params, data: _Data, config) -> list[dict[str, str]]:
+  """Unbiased (ancestral) continuations of validation prefixes, next to the truth."""
+  prefix = 16
+  rows = data.eval_blocks[:config.train.num_samples]
+  prompts = [[int(t) for t in row[:prefix] if t >= 0] for row in rows]
+  ids, mask = sampling.left_pad(prompts)
+  tokens = sampling.sample(model, params, ids, mask, jax.random.key(config.seed),
+                           max_new_tokens=config.train.sample_tokens)
+  samples = []
+  for prompt, row, continuation in zip(prompts, rows, np.asarray(tokens)):
+    truth = [int(t) for t in row[prefix:prefix + config.train.sample_tokens] if t >= 0]
+    sample = {"prompt": data.tokenizer.decode(prompt),
+              "model": data.tokenizer.decode(continuation.tolist()),
+              "human": data.tokenizer.decode(truth)}
+    samples.append(sample)
+    print(f"\n--- prompt: {sample['prompt']!r}\n    model:  {sample['model']!r}\n"
+          f"    human:  {sample['human']!r}")
+  return samples

@@ -1,0 +1,32 @@
+"""Command line: ``python main.py --config configs/default.py --workdir DIR [--mode ...]``.
+
+Flags only; everything else lives in ``emo_jax``. Override any config field with
+``--config.section.field=value``; an unknown field is an error naming it.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from emo_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
+flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  # Orbax reports every save and restore through absl at INFO; keep the console readable.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,256 @@
+"""The trainer: step semantics in-process, the command line and resume in subprocesses."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from emo_jax import sharding, train
+from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from fake_devices import run_with_devices
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A fast configuration for subprocess runs of main.py: tiny model, few steps, warm-up
+# switching to EMO halfway, evaluation and checkpoints every few steps.
+TINY_OVERRIDES = [
+    "--config.model.n_positions=32", "--config.data.block_size=16",
+    "--config.data.max_eval_blocks=8", "--config.train.batch_size=4",
+    "--config.train.num_steps=12", "--config.train.log_every=1",
+    "--config.train.eval_every=4", "--config.train.save_every=4",
+    "--config.loss.mle_warmup_steps=4", "--config.loss.chunk_size=32",
+    "--config.optim.warmup_steps=2", "--config.train.num_samples=1",
+    "--config.train.sample_tokens=4",
+]
+
+
+def run_main(workdir, *extra, wait=True):
+  command = [sys.executable, os.path.join(REPO, "main.py"),
+             "--config", os.path.join(REPO, "configs", "default.py"),
+             "--workdir", str(workdir), *TINY_OVERRIDES, *extra]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  if not wait:
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+  result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  return result
+
+
+def losses_by_step(workdir):
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  out = {}
+  for r in records:
+    if "train/loss" in r:
+      out[r["step"]] = r["train/loss"]  # A resumed run rewrites steps after its checkpoint.
+  return out
+
+
+# ----------------------------------------------------------------------------------------
+# The command line, end to end.
+# ----------------------------------------------------------------------------------------
+
+
+def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
+  result = run_main(tmp_path)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  for name in ("config.json", "metrics.jsonl", "curves.png", "results.json",
+               "hf_export/config.json", "hf_export/model.safetensors"):
+    assert os.path.exists(tmp_path / name), name
+  assert os.listdir(tmp_path / "checkpoints") and os.listdir(tmp_path / "best")
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  losses = losses_by_step(tmp_path)
+  assert sorted(losses) == list(range(1, 13))
+  assert np.mean([losses[s] for s in (10, 11, 12)]) < losses[1] - 0.5  # It learns.
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert any("train/demd" in r for r in records if r["step"] > 4)  # EMO after warm-up.
+  assert not any("train/demd" in r for r in records if r["step"] <= 4)
+  # The exported directory is a transformers checkpoint with the trained weights.
+  import torch, transformers  # pylint: disable=g-import-not-at-top
+  hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf_export")).eval()
+  assert hf.config.vocab_size == 50257
+  assert torch.isfinite(hf(torch.zeros((1, 4), dtype=torch.long)).logits).all()
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
+  # Long enough (60 steps, a checkpoint every 4) that a kill lands mid-run.
+  longer = ("--config.train.num_steps=60", "--config.train.eval_every=20",
+            "--config.loss.mle_warmup_steps=10", "--config.train.num_samples=0")
+  reference = run_main(tmp_path / "reference", *longer)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  expected = losses_by_step(tmp_path / "reference")
+
+  process = run_main(tmp_path / "killed", *longer, wait=False)
+  metrics = tmp_path / "killed" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if metrics.exists() and max(losses_by_step(tmp_path / "killed") or [0]) >= 25:
+      break
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)  # No chance to clean up or save.
+  process.wait()
+  partial = losses_by_step(tmp_path / "killed")
+  assert 25 <= max(partial) < 60, "the run was not killed mid-run"
+
+  resumed = run_main(tmp_path / "killed", *longer)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  got = losses_by_step(tmp_path / "killed")
+  assert sorted(got) == sorted(expected) == list(range(1, 61))
+  for step in expected:
+    assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), step
+
+
+def test_unknown_config_key_fails_naming_it(tmp_path):
+  result = run_main(tmp_path, "--config.loss.temprature=2")
+  assert result.returncode != 0
+  assert "temprature" in result.stderr
+
+
+def test_missing_hf_directory_and_block_size_errors(tmp_path):
+  result = run_main(tmp_path, f"--config.model.pretrained={tmp_path}/no_model")
+  assert result.returncode != 0 and "no model directory" in result.stderr
+  result = run_main(tmp_path, "--config.data.block_size=64")
+  assert result.returncode != 0 and "exceeds the model's n_positions" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# Step semantics, in-process.
+# ----------------------------------------------------------------------------------------
+
+
+def tiny_setup(loss_name="emo", fused=True, vocab=67, sgd=False):
+  """A tiny model, its initial state and a jitted step. ``sgd=True`` swaps AdamW for plain
+  SGD, whose update is linear in the gradient, so parameter equality is gradient equality
+  (Adam's g/|g| would amplify float noise in near-zero gradient coordinates)."""
+  config = ml_collections.ConfigDict({
+      "name": loss_name, "weighting": "mle", "max_weight": None,
+      "detach_target_prob": False, "mixing_ratio": 0.5, "gamma": 0.5, "fused": fused,
+      "chunk_size": 16})
+  model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=vocab, n_positions=16,
+                                            embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0))
+  optim = ml_collections.ConfigDict({
+      "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.1,
+      "b1": 0.9, "b2": 0.98, "eps": 1e-8, "grad_clip_norm": 1.0})
+  optimizer = optax.sgd(0.1) if sgd else train.make_optimizer(optim, 10)[0]
+  objective, _ = train.make_objective(config)
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  state, _ = train.create_train_state(model, optimizer, mesh, jax.random.key(0), 8,
+                                      use_cost_placeholder=True, cost_dim=5)
+  cost = np.random.default_rng(0).standard_normal((vocab, 5)).astype(np.float32)
+  state = state.replace(cost={"embeddings": jnp.asarray(cost)})
+  step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
+                                   objective=objective, skip_nonfinite=True,
+                                   use_dropout=False))
+  return model, state, step
+
+
+def make_batch(accum, micro, length=8, vocab=67, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, vocab, (accum, micro, length + 1)).astype(np.int32)
+  weights = (rng.random((accum, micro, length)) > 0.2).astype(np.float32)
+  return {"inputs": tokens[..., :-1], "targets": np.where(weights > 0, tokens[..., 1:], -1),
+          "weights": weights}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradient_accumulation_equals_one_big_batch(fused):
+  _, state, step = tiny_setup(fused=fused, sgd=True)
+  big = make_batch(1, 8)
+  split = {k: v.reshape(4, 2, *v.shape[2:]) for k, v in big.items()}
+  one, metrics_one = step(jax.tree.map(jnp.copy, state), big)
+  four, metrics_four = step(state, split)
+  np.testing.assert_allclose(metrics_one["loss"], metrics_four["loss"], rtol=1e-6)
+  np.testing.assert_allclose(metrics_one["grad_norm"], metrics_four["grad_norm"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_and_naive_steps_agree():
+  _, state, fused_step = tiny_setup(fused=True, sgd=True)
+  _, _, naive_step = tiny_setup(fused=False, sgd=True)
+  batch = make_batch(1, 4, seed=1)
+  a, ma = fused_step(jax.tree.map(jnp.copy, state), batch)
+  b, mb = naive_step(state, batch)
+  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+  np.testing.assert_allclose(ma["demd"], mb["demd"], rtol=1e-5)
+  np.testing.assert_allclose(ma["grad_norm"], mb["grad_norm"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_cost_collection_rides_along_but_is_never_optimized():
+  _, state, step = tiny_setup()
+  cost_before = np.asarray(state.cost["embeddings"])
+  optimizer_leaves = jax.tree.leaves(state.opt_state)
+  assert not any(leaf.shape == cost_before.shape for leaf in optimizer_leaves)
+  for seed in range(3):
+    state, metrics = step(state, make_batch(1, 4, seed=seed))
+    assert metrics["demd"] > 0
+  np.testing.assert_array_equal(state.cost["embeddings"], cost_before)
+
+
+def test_nonfinite_step_is_skipped_when_configured():
+  _, state, step = tiny_setup()
+  bad = jax.tree.map(jnp.copy, state)
+  bad = bad.replace(cost={"embeddings": bad.cost["embeddings"].at[3].set(jnp.nan)})
+  batch = make_batch(1, 4, seed=5)
+  batch["targets"][0, 0, 0] = 3  # A target whose cost row is NaN: DEMD, loss -> NaN.
+  batch["weights"][0, 0, 0] = 1.0
+  new, metrics = step(bad, batch)
+  assert not metrics["finite"]
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_eight_device_step_equals_one_device_step():
+  output = run_with_devices("""
+    import functools, jax, jax.numpy as jnp, numpy as np
+    import ml_collections, optax
+    from emo_jax import sharding, train
+    from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    vocab = 64
+    model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=vocab, n_positions=16,
+                                              embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0))
+    loss = ml_collections.ConfigDict(dict(name="emo", weighting="mle", max_weight=None,
+        detach_target_prob=False, mixing_ratio=0.5, gamma=0.5, fused=True, chunk_size=16))
+    # SGD: parameter equality is then gradient equality (Adam's g/|g| amplifies float
+    # noise in near-zero coordinates); the AdamW state is sharded like the params anyway.
+    optimizer = optax.sgd(0.1)
+    objective, _ = train.make_objective(loss)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, vocab, (1, 16, 9)).astype(np.int32)
+    batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
+             "weights": np.ones((1, 16, 8), np.float32)}
+
+    def run(mesh):
+      state, shardings = train.create_train_state(model, optimizer, mesh, jax.random.key(0),
+                                                  8, use_cost_placeholder=False, cost_dim=0)
+      step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
+                                       objective=objective, skip_nonfinite=False,
+                                       use_dropout=False),
+                     in_shardings=(shardings, sharding.batch_sharding(mesh, 3, 1)),
+                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+      for _ in range(2):
+        state, metrics = step(state, sharding.global_batch(mesh, batch, batch_axis=1))
+      return state, shardings
+
+    single, _ = run(sharding.make_mesh(1, 1, devices=jax.devices()[:1]))
+    multi, shardings = run(sharding.make_mesh(4, 2))
+    wte = multi.params["wte"]["embedding"]
+    assert wte.sharding.spec[0] == "fsdp", wte.sharding  # Born sharded over fsdp.
+    assert len(wte.addressable_shards) == 8 and wte.addressable_shards[0].data.shape[0] == 32
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(multi.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    print("eight devices ok")
+  """)
+  assert "eight devices ok" in output
