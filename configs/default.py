@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # Global batch, in blocks, over all devices and hosts.
   config.train.grad_accum_steps = 1  # Micro-batches per step (same result as one batch).
-  config.train.num_steps = 400  # Optimizer steps.
+  config.train.num_steps = 400  # Optimizer steps (ignored when num_epochs > 0).
+  config.train.num_epochs = 0  # Passes over the training blocks; 0 = use num_steps.
   config.train.log_every = 20  # Steps between training-metric logs.
   config.train.eval_every = 100  # Steps between validation passes (and best checkpoints).
   config.train.save_every = 100  # Steps between periodic checkpoints.

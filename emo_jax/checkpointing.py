@@ -58,6 +58,16 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]
 
+  def read_state(self, best: bool = False, step: int | None = None) -> Any:
+    """The saved state as plain nested dicts of NumPy arrays, for inspection (no target
+    structure needed)."""
+    manager = self._best if best else self._latest
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
+    return ocp.StandardCheckpointer().restore(
+        os.path.join(manager.directory, str(step), "state"))
+
   def describe_latest(self) -> str:
     step = self.latest_step()
     return "none" if step is None else os.path.join(self.directory, str(step))

@@ -323,7 +323,8 @@ def demd(
     >>> from emo_jax import losses
     >>> embeddings = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # cos: 1, 0, -1
     >>> logits = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))
-    >>> [round(v, 4) for v in losses.demd(logits, jnp.array([0]), embeddings).tolist()]  # .3*1 + .2*2
+    >>> values = losses.demd(logits, jnp.array([0]), embeddings)  # .3·1 + .2·2
+    >>> [round(v, 4) for v in values.tolist()]
     [0.7]
   """
   _check_logits(logits)
@@ -365,7 +366,8 @@ def soft_demd(
     >>> from emo_jax import losses
     >>> embeddings = jnp.eye(3)  # orthogonal tokens: cost 1 between any two
     >>> logits = jnp.zeros((1, 3))
-    >>> [round(v, 4) for v in losses.soft_demd(logits, jnp.array([[0.5, 0.5, 0.0]]), embeddings).tolist()]
+    >>> values = losses.soft_demd(logits, jnp.array([[0.5, 0.5, 0.0]]), embeddings)
+    >>> [round(v, 4) for v in values.tolist()]
     [0.6667]
   """
   _check_logits(logits)
@@ -488,7 +490,8 @@ def mixce(
     >>> import jax.numpy as jnp
     >>> from emo_jax import losses
     >>> logits = jnp.log(jnp.array([[0.5, 0.5]]))
-    >>> [round(v, 4) for v in losses.mixce(logits, jnp.array([0]), mixing_ratio=0.5).tolist()]  # .75·ln 2
+    >>> values = losses.mixce(logits, jnp.array([0]), mixing_ratio=0.5)  # .75·ln 2
+    >>> [round(v, 4) for v in values.tolist()]
     [0.5199]
   """
   check_unit_interval("mixing_ratio", mixing_ratio)
@@ -529,7 +532,8 @@ def tailr(
     >>> import jax.numpy as jnp
     >>> from emo_jax import losses
     >>> logits = jnp.log(jnp.array([[0.5, 0.5]]))  # p_t = .5: weight .5/.75 = 2/3
-    >>> [round(v, 4) for v in losses.tailr(logits, jnp.array([0]), gamma=0.5).tolist()]  # (.5 + .5·2/3)·ln 2
+    >>> values = losses.tailr(logits, jnp.array([0]), gamma=0.5)  # (.5 + .5·2/3)·ln 2
+    >>> [round(v, 4) for v in values.tolist()]
     [0.5776]
   """
   check_unit_interval("gamma", gamma)

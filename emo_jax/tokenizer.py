@@ -68,7 +68,8 @@ def packaged_gpt2_files() -> tuple[str, str]:
 
 
 def _byte_level_bpe(vocab_path: str, merges_path: str):
-  from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers
 
   for path in (vocab_path, merges_path):
     if not os.path.exists(path):

@@ -261,6 +261,12 @@ def _check_config(config) -> None:
   if config.loss.cost_source not in (cost_lib.FROZEN_HEAD, cost_lib.ADAPTIVE):
     raise ValueError(f"loss.cost_source must be {cost_lib.FROZEN_HEAD!r} or "
                      f"{cost_lib.ADAPTIVE!r}, got {config.loss.cost_source!r}.")
+  if (config.loss.name == "emo" and config.loss.cost_source == cost_lib.FROZEN_HEAD
+      and not config.model.pretrained and config.loss.mle_warmup_steps < 1):
+    raise ValueError(
+        "EMO from scratch with cost_source='frozen_head' needs loss.mle_warmup_steps >= 1: "
+        "the cost embeddings are the head as MLE warm-up leaves it (or use 'adaptive', or "
+        "a pretrained model).")
   per_process = config.train.batch_size // jax.process_count()
   if config.train.batch_size % (jax.process_count() * config.train.grad_accum_steps) or (
       (config.train.batch_size // config.train.grad_accum_steps) % jax.device_count()):
@@ -367,7 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   model, pretrained = build_model(config)
   data = load_data(config, model)
-  total_steps = config.train.num_steps
+  total_steps = (config.train.num_epochs * data.train.batches_per_epoch
+                 if config.train.num_epochs else config.train.num_steps)
   optimizer, schedule = make_optimizer(config.optim, total_steps)
 
   frozen = config.loss.cost_source == cost_lib.FROZEN_HEAD
@@ -379,6 +386,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   warmup_steps = config.loss.mle_warmup_steps
+  # From scratch, the frozen cost is the head as MLE warm-up leaves it; a pretrained model
+  # brought its own head copy at load.
+  snapshot_step = warmup_steps if frozen and pretrained is None else None
   if checkpointer.latest_step() is not None:
     state, data_state = checkpointer.restore(checkpointing.abstract_like(state))
     data.train.set_state(data_state["train"])
@@ -389,7 +399,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if frozen:
       cost = jax.device_put(pretrained["cost"], state_shardings.cost)
     state = state.replace(params=params, cost=cost)
-    warmup_steps = 0 if frozen else warmup_steps  # The pretrained head is the cost.
     logging.info("loaded pretrained weights from %s", config.model.pretrained)
 
   main_objective, _ = make_objective(config.loss)
@@ -423,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_time, last_step, last_logged = time.time(), step, {}
   try:
     while step < total_steps:
-      if frozen and step == warmup_steps and warmup_steps > 0:
+      if step == snapshot_step:
         # End of MLE warm-up: the head becomes the frozen cost embeddings.
         state = state.replace(cost=snapshot_cost(state.params))
         logging.info("step %d: cost embeddings snapshotted from the LM head", step)

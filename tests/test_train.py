@@ -254,3 +254,34 @@ def test_eight_device_step_equals_one_device_step():
     print("eight devices ok")
   """)
   assert "eight devices ok" in output
+
+
+def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
+  import torch, transformers  # pylint: disable=g-import-not-at-top
+  from emo_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+  hf.save_pretrained(str(tmp_path / "pretrained"))
+  command = [
+      sys.executable, os.path.join(REPO, "main.py"),
+      "--config", os.path.join(REPO, "configs", "gpt2_finetune.py"),
+      "--workdir", str(tmp_path / "run"),
+      f"--config.model.pretrained={tmp_path / 'pretrained'}", "--config.model.dtype=float32",
+      "--config.data.corpus=tiny_shakespeare", "--config.data.block_size=16",
+      "--config.data.max_eval_blocks=8", "--config.train.batch_size=4",
+      "--config.train.num_epochs=0", "--config.train.num_steps=3",
+      "--config.train.eval_every=3", "--config.train.num_samples=0",
+      "--config.loss.chunk_size=32"]
+  result = subprocess.run(command, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert "train/demd" in records[0]  # EMO from the first step: no warm-up needed.
+  # The cost collection is the pretrained head, normalised at load and never trained.
+  head = hf.lm_head.weight.detach().numpy()
+  expected = head / np.linalg.norm(head, axis=-1, keepdims=True)
+  exported = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "run" / "hf_export"))
+  assert not np.allclose(exported.lm_head.weight.detach().numpy(), head)  # Trained ...
+  saved = checkpointing.Checkpointer(str(tmp_path / "run")).read_state()
+  np.testing.assert_allclose(saved["cost"]["embeddings"], expected, rtol=1e-5, atol=1e-6)
