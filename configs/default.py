@@ -55,7 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.cost_source = "frozen_head"
   config.loss.mle_warmup_steps = 100  # Steps of plain MLE before `name` takes over.
   config.loss.fused = True  # Chunked loss from hidden states (no [N, V] logits buffer).
-  config.loss.chunk_size = 512  # Tokens per chunk of the fused loss.
+  # Tokens per chunk of the fused loss; None = the library's default (512, EMO 341).
+  config.loss.chunk_size = config_dict.placeholder(int)
 
   # ---- Optimizer -----------------------------------------------------------------------
   config.optim = ml_collections.ConfigDict()

@@ -39,9 +39,13 @@ from emo_jax import losses
 Array = jax.Array
 Reduction = Literal["mean", "sum"]
 
-# 512 tokens keeps a chunk's [C, V] float32 slabs near 100 MB at GPT-2's V = 50257 while the
-# matmuls stay large enough to run near peak (see experiments/bench_loss.py).
+# Default chunks: 512 tokens keeps a chunk's [C, V] float32 slabs near 100 MB at GPT-2's
+# V = 50257 while the matmuls stay large enough to run near peak. A cross-entropy-type chunk
+# holds two such slabs (logits, gradient), an EMO chunk three (plus the costs), so EMO's
+# default chunk is 2/3 as long: both then use the same scratch memory
+# (see experiments/bench_loss.py and BENCHMARKS.md).
 DEFAULT_CHUNK_SIZE = 512
+DEFAULT_EMO_CHUNK_SIZE = DEFAULT_CHUNK_SIZE * 2 // 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +227,8 @@ def _fused_objective(objective, hidden, head, labels, cost_embeddings, bias, wei
     raise ValueError(f"bias must be [V] = ({vocab_size},), got {bias.shape}.")
   if reduction not in ("mean", "sum"):
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+  if chunk_size is None:
+    chunk_size = DEFAULT_EMO_CHUNK_SIZE if objective.needs_demd else DEFAULT_CHUNK_SIZE
   if not chunk_size >= 1:
     raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
 
@@ -268,7 +274,8 @@ _SHARED_ARGS_DOC = """
     weights: optional ``[...]`` float token weights (0 = ignore), e.g. the pipeline's
       ``weights``.
     chunk_size: tokens per chunk; peak extra memory is a few ``[chunk_size, V]`` float32
-      slabs, independent of the number of tokens.
+      slabs, independent of the number of tokens. None: :data:`DEFAULT_CHUNK_SIZE` (512),
+      or :data:`DEFAULT_EMO_CHUNK_SIZE` (341) for EMO, which keeps three slabs per chunk.
     reduction: ``"mean"`` -- ``Σ w_i loss_i / Σ w_i`` (0 when every weight is 0), as
       ``losses.masked_mean`` -- or ``"sum"`` -- ``Σ w_i loss_i``.
 
@@ -290,7 +297,7 @@ def fused_emo(
     weighting: losses.Weighting = "mle",
     max_weight: float | None = None,
     detach_target_prob: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     reduction: Reduction = "mean",
 ):
   """Reduced :func:`emo_jax.losses.emo` of ``hidden @ head.T + bias``, without ``[N, V]``.
@@ -307,14 +314,14 @@ def fused_emo(
 
 
 def fused_cross_entropy(hidden, head, labels, *, bias=None, weights=None,
-                        chunk_size=DEFAULT_CHUNK_SIZE, reduction: Reduction = "mean"):
+                        chunk_size: int | None = None, reduction: Reduction = "mean"):
   """Reduced :func:`emo_jax.losses.cross_entropy` of ``hidden @ head.T + bias``."""
   return _fused_objective(_Objective("cross_entropy"), hidden, head, labels, None, bias,
                           weights, chunk_size, reduction)
 
 
 def fused_mixce(hidden, head, labels, *, mixing_ratio: float = 0.5, bias=None, weights=None,
-                chunk_size=DEFAULT_CHUNK_SIZE, reduction: Reduction = "mean"):
+                chunk_size: int | None = None, reduction: Reduction = "mean"):
   """Reduced :func:`emo_jax.losses.mixce` of ``hidden @ head.T + bias``."""
   losses.check_unit_interval("mixing_ratio", mixing_ratio)
   return _fused_objective(_Objective("mixce", mixing_ratio=mixing_ratio), hidden, head,
@@ -322,7 +329,7 @@ def fused_mixce(hidden, head, labels, *, mixing_ratio: float = 0.5, bias=None, w
 
 
 def fused_tailr(hidden, head, labels, *, gamma: float = 0.5, bias=None, weights=None,
-                chunk_size=DEFAULT_CHUNK_SIZE, reduction: Reduction = "mean"):
+                chunk_size: int | None = None, reduction: Reduction = "mean"):
   """Reduced :func:`emo_jax.losses.tailr` of ``hidden @ head.T + bias``."""
   losses.check_unit_interval("gamma", gamma)
   return _fused_objective(_Objective("tailr", gamma=gamma), hidden, head, labels, None, bias,
