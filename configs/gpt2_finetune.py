@@ -24,7 +24,8 @@ def get_config():
   config.data.max_eval_blocks = 0  # The whole validation split.
 
   config.loss.name = "emo"
-  config.loss.weighting = "mle"
+  config.loss.weighting = "mle"  # The published default: ½[CE + sg(CE/DEMD)·DEMD] ...
+  config.loss.max_weight = None  # ... without a clamp.
   config.loss.cost_source = "frozen_head"
   config.loss.mle_warmup_steps = 0  # The pretrained head is the cost from step 0.
 

@@ -297,3 +297,59 @@ def test_hf_config_round_trip():
   assert GPT2Config.from_hf_dict(json.loads(json.dumps(config.to_hf_dict()))) == config
   with pytest.raises(ValueError, match="not GPT-2"):
     GPT2Config.from_hf_dict({"model_type": "llama"})
+
+
+def _hf_flax_layout(state_dict):
+  """A torch GPT-2 state dict in the layout of HF's (now removed) Flax GPT-2 checkpoints:
+  FlaxConv1D kernels are [out, in], embeddings 'embedding', LayerNorm 'scale'/'bias', the
+  untied lm_head a Dense kernel [d, V]."""
+  import flax  # pylint: disable=g-import-not-at-top
+  flat = {}
+  for name, tensor in state_dict.items():
+    value = tensor.detach().numpy()
+    if name.endswith((".attn.bias", ".attn.masked_bias")):
+      continue
+    *module, leaf = name.split(".")
+    if module[-1] in ("wte", "wpe"):
+      flat[(*module, "embedding")] = value
+    elif module[-1].startswith("ln_"):
+      flat[(*module, "scale" if leaf == "weight" else "bias")] = value
+    elif leaf == "weight":  # c_attn / c_proj / c_fc Conv1D [in, out], lm_head Linear [V, d].
+      flat[(*module, "kernel")] = value.T
+    else:
+      flat[(*module, leaf)] = value
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_flax_msgpack_checkpoint_loads(tmp_path, name):
+  import flax  # pylint: disable=g-import-not-at-top
+  hf_model = build_hf_model(name, seed=9)
+  hf_model.config.save_pretrained(tmp_path)
+  state = {k: v for k, v in hf_model.state_dict().items()
+           if not (k == "lm_head.weight" and hf_model.config.tie_word_embeddings)}
+  (tmp_path / "flax_model.msgpack").write_bytes(
+      flax.serialization.msgpack_serialize(_hf_flax_layout(state)))
+  model, variables = convert.from_pretrained(str(tmp_path))
+  ids = random_ids(model.config.vocab_size, (2, 9), seed=9)
+  np.testing.assert_allclose(model.apply(variables, ids), torch_logits(hf_model, ids),
+                             atol=1e-4, rtol=1e-4)
+
+
+def test_remat_changes_memory_not_results():
+  config = GPT2Config.preset("tiny", vocab_size=101, embd_pdrop=0.0, attn_pdrop=0.0,
+                             resid_pdrop=0.0)
+  plain, remat = GPT2LMHeadModel(config), GPT2LMHeadModel(config, remat=True)
+  ids = random_ids(101, (2, 8), seed=10)
+  params = plain.init(jax.random.key(0), ids)["params"]
+  loss = lambda model: jax.jit(jax.value_and_grad(lambda p: losses.masked_mean(
+      losses.cross_entropy(model.apply({"params": p}, ids)[:, :-1], ids[:, 1:]))))(params)
+  (value_plain, grads_plain), (value_remat, grads_remat) = loss(plain), loss(remat)
+  np.testing.assert_allclose(value_remat, value_plain, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  def checkpoint_count(model):
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids).sum())(params)
+    return str(jaxpr).count("remat2[")  # The jaxpr name of jax.checkpoint regions.
+  assert checkpoint_count(plain) == 0
+  assert checkpoint_count(remat) == config.n_layer  # One rematerialised region per block.
