@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (405 -> 592 by step 400); warm-up 200 with max_weight 3 kept it falling (247 -> 213).
   config.loss.mle_warmup_steps = 200
   config.loss.fused = True  # Chunked loss from hidden states (no [N, V] logits buffer).
-  # Tokens per chunk of the fused loss; None = the library's default (512, EMO 341).
+  # Longest chunk of the fused loss, in tokens; None = the library's default (512, EMO 341).
   config.loss.chunk_size = config_dict.placeholder(int)
 
   # ---- Optimizer -----------------------------------------------------------------------

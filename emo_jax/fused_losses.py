@@ -39,13 +39,20 @@ from emo_jax import losses
 Array = jax.Array
 Reduction = Literal["mean", "sum"]
 
-# Default chunks: 512 tokens keeps a chunk's [C, V] float32 slabs near 100 MB at GPT-2's
-# V = 50257 while the matmuls stay large enough to run near peak. A cross-entropy-type chunk
-# holds two such slabs (logits, gradient), an EMO chunk three (plus the costs), so EMO's
-# default chunk is 2/3 as long: both then use the same scratch memory
-# (see experiments/bench_loss.py and BENCHMARKS.md).
+# Longest chunk by default: 512 tokens keeps a chunk's [C, V] float32 slabs near 100 MB at
+# GPT-2's V = 50257 while the matmuls stay large enough to run near peak. An EMO chunk holds
+# three such slabs (logits, costs, gradient) against cross-entropy's two, so its chunks are
+# at most 2/3 as long: both then use the same scratch memory (BENCHMARKS.md).
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_EMO_CHUNK_SIZE = DEFAULT_CHUNK_SIZE * 2 // 3
+
+
+def balanced_chunk_size(num_tokens: int, max_chunk_size: int) -> int:
+  """The shortest chunk that covers ``num_tokens`` in as few chunks as ``max_chunk_size``
+  allows, so padding is under one token per chunk (2048 tokens at most 341 a chunk: 7
+  chunks of 293, not 7 of 341 with 339 padding tokens)."""
+  num_chunks = -(-num_tokens // max_chunk_size)
+  return -(-num_tokens // num_chunks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +259,7 @@ def _fused_objective(objective, hidden, head, labels, cost_embeddings, bias, wei
 
   flat_labels = labels.reshape(-1)
   num_tokens = flat_labels.shape[0]
-  chunk_size = max(1, min(int(chunk_size), num_tokens))
+  chunk_size = balanced_chunk_size(num_tokens, max(1, int(chunk_size)))
   loss, ce, demd = _fused(
       objective, chunk_size, hidden.reshape(num_tokens, hidden.shape[-1]), head, bias,
       jnp.where(flat_labels >= 0, flat_labels, 0), token_scale.reshape(-1), cost_terms,
@@ -273,9 +280,10 @@ _SHARED_ARGS_DOC = """
     bias: optional ``[V]`` head bias.
     weights: optional ``[...]`` float token weights (0 = ignore), e.g. the pipeline's
       ``weights``.
-    chunk_size: tokens per chunk; peak extra memory is a few ``[chunk_size, V]`` float32
-      slabs, independent of the number of tokens. None: :data:`DEFAULT_CHUNK_SIZE` (512),
-      or :data:`DEFAULT_EMO_CHUNK_SIZE` (341) for EMO, which keeps three slabs per chunk.
+    chunk_size: the longest chunk, in tokens (chunks are balanced to avoid padding); peak
+      extra memory is a few ``[chunk_size, V]`` float32 slabs, independent of the number of
+      tokens. None: :data:`DEFAULT_CHUNK_SIZE` (512), or :data:`DEFAULT_EMO_CHUNK_SIZE`
+      (341) for EMO, whose chunks hold three slabs instead of two.
     reduction: ``"mean"`` -- ``Σ w_i loss_i / Σ w_i`` (0 when every weight is 0), as
       ``losses.masked_mean`` -- or ``"sum"`` -- ``Σ w_i loss_i``.
 

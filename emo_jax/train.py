@@ -475,6 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if preemption.requested:
         logging.warning("SIGTERM: saved step %d to %s; exiting.", step,
                         checkpointer.describe_latest())
+        checkpointer.close()
         return {"step": step, "preempted": True}
   finally:
     preemption.restore()

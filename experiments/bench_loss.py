@@ -54,7 +54,7 @@ def _time(fn, repeats):
 
 
 def _jax_worker(method, tokens, repeats, chunk_size):
-  chunk_size = chunk_size or None  # 0: the library's per-objective default.
+  chunk_size = chunk_size or None  # 0: the library's default.
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -138,7 +138,7 @@ def main():
   parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--chunk-size", type=int, default=0,
-                      help="fused chunk size (default 0: emo_jax's per-objective default)")
+                      help="fused chunk size (default 0: emo_jax's default)")
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -163,7 +163,7 @@ def main():
 
   print(f"\nV = {VOCAB}, d = d_c = {WIDTH}, float32, {os.cpu_count()} CPU threads, "
         f"median of {args.repeats} after warm-up, fused chunk "
-        f"{args.chunk_size or 'default (CE 512, EMO 341)'}.\n")
+        f"{args.chunk_size or 'default (CE-type 512, EMO 341; balanced)'}.\n")
   print("| method | N | time (s) | × fused CE | × naive CE | GFLOP/s | % ceiling "
         "| peak RSS (GB) | Δ RSS (GB) | Δ / fused CE Δ |")
   print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -81,32 +81,60 @@ def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
   assert torch.isfinite(hf(torch.zeros((1, 4), dtype=torch.long)).logits).all()
 
 
-def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
-  # Long enough (60 steps, a checkpoint every 4) that a kill lands mid-run.
-  longer = ("--config.train.num_steps=60", "--config.train.eval_every=20",
-            "--config.loss.mle_warmup_steps=10", "--config.train.num_samples=0")
-  reference = run_main(tmp_path / "reference", *longer)
-  assert reference.returncode == 0, reference.stderr[-3000:]
-  expected = losses_by_step(tmp_path / "reference")
+# Long enough (60 steps, a checkpoint every 4) that a signal lands mid-run.
+LONGER = ("--config.train.num_steps=60", "--config.train.eval_every=20",
+          "--config.loss.mle_warmup_steps=10", "--config.train.num_samples=0")
 
-  process = run_main(tmp_path / "killed", *longer, wait=False)
-  metrics = tmp_path / "killed" / "metrics.jsonl"
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("reference")
+  result = run_main(workdir, *LONGER)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return losses_by_step(workdir)
+
+
+def interrupt_at_step(workdir, sig, step):
+  """Starts a LONGER run and sends ``sig`` once ``step`` has been logged."""
+  process = run_main(workdir, *LONGER, wait=False)
+  metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
-    if metrics.exists() and max(losses_by_step(tmp_path / "killed") or [0]) >= 25:
+    if metrics.exists() and max(losses_by_step(workdir) or [0]) >= step:
       break
     time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)  # No chance to clean up or save.
-  process.wait()
-  partial = losses_by_step(tmp_path / "killed")
+  process.send_signal(sig)
+  output, _ = process.communicate()
+  return process.returncode, output
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path,
+                                                                uninterrupted_losses):
+  _, _ = interrupt_at_step(tmp_path, signal.SIGKILL, 25)  # No chance to clean up or save.
+  partial = losses_by_step(tmp_path)
   assert 25 <= max(partial) < 60, "the run was not killed mid-run"
 
-  resumed = run_main(tmp_path / "killed", *longer)
+  resumed = run_main(tmp_path, *LONGER)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  got = losses_by_step(tmp_path / "killed")
-  assert sorted(got) == sorted(expected) == list(range(1, 61))
-  for step in expected:
-    assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), step
+  got = losses_by_step(tmp_path)
+  assert sorted(got) == sorted(uninterrupted_losses) == list(range(1, 61))
+  for step, loss in uninterrupted_losses.items():
+    assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted_losses):
+  returncode, output = interrupt_at_step(tmp_path, signal.SIGTERM, 25)
+  assert returncode == 0, output[-3000:]
+  last = max(losses_by_step(tmp_path))
+  assert 25 <= last < 60, "the run was not stopped mid-run"
+  from emo_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == last  # Not a multiple
+  # of save_every in general: the signal handler saved exactly where the run stopped.
+  resumed = run_main(tmp_path, *LONGER)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  got = losses_by_step(tmp_path)
+  for step, loss in uninterrupted_losses.items():
+    assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
 
 
 def test_unknown_config_key_fails_naming_it(tmp_path):
