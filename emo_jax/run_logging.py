@@ -54,10 +54,6 @@ class RunLogger:
                      f"{tokens_per_second:,.0f} tok/s ETA {eta}   ")
     sys.stderr.flush()
 
-  def text(self, name: str, body: str, step: int) -> None:
-    if self.enabled:
-      self._writer.add_text(name, body, int(step))
-
   def close(self) -> None:
     if self.enabled:
       sys.stderr.write("\n")
