@@ -55,9 +55,13 @@ def make_cost_collection(model, params, source: str | np.ndarray | jax.Array) ->
       jax.lax.stop_gradient(embeddings)).astype(jnp.float32)}}
 
 
+def cost_or_head(cost: jax.Array | None, head: jax.Array) -> jax.Array:
+  """``cost`` if there is one, else ("adaptive") the current head under stop-gradient."""
+  return jax.lax.stop_gradient(head) if cost is None else cost
+
+
 def resolve(model, variables: dict[str, Any]) -> jax.Array:
-  """The cost embeddings a loss should use: the collection's, else the head under sg."""
+  """The cost embeddings a loss should use for ``variables`` (see :func:`cost_or_head`)."""
   if COLLECTION in variables:
     return variables[COLLECTION]["embeddings"]
-  # "adaptive": the current head, constant as far as the gradient is concerned.
-  return jax.lax.stop_gradient(head_matrix(model, variables["params"]))
+  return cost_or_head(None, head_matrix(model, variables["params"]))

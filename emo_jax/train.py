@@ -83,8 +83,8 @@ def _fused_objective(fused_loss, needs_cost, hidden, head, targets, weights, cos
 
 
 def make_objective(loss_config: ml_collections.ConfigDict, name: str | None = None
-                   ) -> tuple[Objective, bool]:
-  """``(objective, needs_cost)`` for ``loss_config`` (``name`` overrides ``loss.name``)."""
+                   ) -> Objective:
+  """The objective for ``loss_config`` (``name`` overrides ``loss.name``)."""
   name = name or loss_config.name
   if loss_config.fused:
     common = dict(chunk_size=loss_config.chunk_size, reduction="sum")
@@ -112,8 +112,7 @@ def make_objective(loss_config: ml_collections.ConfigDict, name: str | None = No
     wrap = _naive_objective
   if name not in bound:
     raise ValueError(f"loss.name must be one of {sorted(bound)}, got {name!r}.")
-  needs_cost = name == "emo"
-  return functools.partial(wrap, bound[name], needs_cost), needs_cost
+  return functools.partial(wrap, bound[name], name == "emo")
 
 
 # ----------------------------------------------------------------------------------------
@@ -175,9 +174,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
   def micro_loss(params, micro, rng):
     hidden, head = _model_outputs(model, params, micro["inputs"],
                                   rng if use_dropout else None)
-    # 'adaptive' cost: the current head, a constant as far as the gradient goes.
-    cost_now = jax.lax.stop_gradient(head) if cost is None else cost
-    return objective(hidden, head, micro["targets"], micro["weights"], cost_now)
+    return objective(hidden, head, micro["targets"], micro["weights"],
+                     cost_lib.cost_or_head(cost, head))
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -401,8 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = state.replace(params=params, cost=cost)
     logging.info("loaded pretrained weights from %s", config.model.pretrained)
 
-  main_objective, _ = make_objective(config.loss)
-  warmup_objective, _ = make_objective(config.loss, name="mle")
+  main_objective = make_objective(config.loss)
+  warmup_objective = make_objective(config.loss, name="mle")
   micro_batch_sharding = sharding.batch_sharding(mesh, ndim=3, batch_axis=1)
   batch_shardings = {k: micro_batch_sharding for k in ("inputs", "targets", "weights")}
 

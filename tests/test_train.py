@@ -169,7 +169,7 @@ def tiny_setup(loss_name="emo", fused=True, vocab=67, sgd=False):
       "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.1,
       "b1": 0.9, "b2": 0.98, "eps": 1e-8, "grad_clip_norm": 1.0})
   optimizer = optax.sgd(0.1) if sgd else train.make_optimizer(optim, 10)[0]
-  objective, _ = train.make_objective(config)
+  objective = train.make_objective(config)
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
   state, _ = train.create_train_state(model, optimizer, mesh, jax.random.key(0), 8,
                                       use_cost_placeholder=True, cost_dim=5)
@@ -254,7 +254,7 @@ def test_eight_device_step_equals_one_device_step():
     # SGD: parameter equality is then gradient equality (Adam's g/|g| amplifies float
     # noise in near-zero coordinates); the AdamW state is sharded like the params anyway.
     optimizer = optax.sgd(0.1)
-    objective, _ = train.make_objective(loss)
+    objective = train.make_objective(loss)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab, (1, 16, 9)).astype(np.int32)
     batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
