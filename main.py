@@ -1,5 +1,8 @@
 """Command line: ``python main.py --config configs/default.py --workdir DIR [--mode ...]``.
 
+``--mode train`` trains (or resumes) in the workdir; ``--mode eval`` evaluates the workdir's
+best checkpoint, or the HF directory in ``--config.eval.model``, and writes eval.json/eval.md.
+
 Flags only; everything else lives in ``emo_jax``. Override any config field with
 ``--config.section.field=value``; an unknown field is an error naming it.
 """
@@ -9,13 +12,13 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from emo_jax import train
+from emo_jax import evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
-flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,7 +28,10 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   # Orbax reports every save and restore through absl at INFO; keep the console readable.
   logging.getLogger("absl").setLevel(logging.WARNING)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    evaluate.evaluate_and_report(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

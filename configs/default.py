@@ -32,9 +32,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- Data ----------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  # Corpus reader in emo_jax.corpora: tiny_shakespeare | wikitext2 | wikitext2_raw | ptb |
-  # ag_news.
+  # Corpus: tiny_shakespeare | wikitext2 | wikitext2_raw | ptb | ag_news (plus, with source
+  # 'tfds', wikitext103 | wikitext103_raw | writingprompts | webtext | ag_news_subset), or
+  # your own files: 'files:/path/to/{split}.jsonl' (.txt / .jsonl / .csv, see text_field).
   config.data.corpus = "tiny_shakespeare"
+  # 'files': read the upstream files directly (emo_jax.corpora); 'tfds': build and read the
+  # TFDS datasets of emo_jax.tfds_builders (downloads online; offline from manual_dir).
+  config.data.source = "files"
+  config.data.tfds_dir = ""  # TFDS data_dir for source 'tfds'; '' = TFDS's default.
+  config.data.text_field = "text"  # Field/column holding the text in .jsonl / .csv files.
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.manual_dir = ""  # Folder laid out like shared/data; '' reads $EMO_JAX_DATA.
@@ -91,9 +97,42 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_samples = 3  # Continuations printed at the end (0 = none).
   config.train.sample_tokens = 40  # New tokens per sample.
 
+  # ---- Evaluation (--mode eval) --------------------------------------------------------
+  config.eval = ml_collections.ConfigDict()
+  # HF directory to evaluate; '' = the best checkpoint of --workdir (trained with this config).
+  config.eval.model = ""
+  config.eval.split = "test"  # Split for perplexity and for the MAUVE prompts.
+  config.eval.max_blocks = 0  # Cap on perplexity blocks (0 = the whole split).
+  config.eval.num_prompts = 64  # MAUVE prompts, first N usable documents (paper: 4000-5000).
+  config.eval.max_new_tokens = 80  # Tokens generated per prompt (the paper forces 80).
+  config.eval.batch_size = 32  # Prompts per compiled generation call.
+  # Decoding: temperature 1 and no filters = unbiased (ancestral) sampling, the paper's main
+  # setting. top_k 0 / top_p 1 / typical_p 1 disable a filter; greedy overrides them all.
+  config.eval.temperature = 1.0
+  config.eval.top_k = 0
+  config.eval.top_p = 1.0
+  config.eval.typical_p = 1.0
+  config.eval.greedy = False
+  # MAUVE features: 'minilm' (offline sentence encoder; needs requirements-dev.txt) or an HF
+  # GPT-2 directory (gpt2-large = the paper's choice). Fixed across the runs you compare.
+  config.eval.featurizer = "minilm"
+  config.eval.mauve_runs = 5  # k-means seeds; mean ± std reported.
+  config.eval.mauve_scaling = 5.0  # MAUVE's c.
+  # Reference ("oracle") HF GPT-2 directory for the oracle perplexity of generations and the
+  # distribution measures (forward/reverse CE, TVD, reverse KL); '' skips them.
+  config.eval.reference_model = ""
+  config.eval.num_examples = 3  # Continuations printed next to the human ones.
+
   # ---- Devices -------------------------------------------------------------------------
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # Data-parallel axis size (-1 = the devices fsdp leaves).
   config.mesh.fsdp = 1  # Parameter-sharding axis size.
-  config.distributed = False  # Call jax.distributed.initialize() (multi-host runs).
+  # Multi-process runs (one process per host, or several per host on CPU):
+  # jax.distributed.initialize() before anything touches a device. Fields left None are
+  # auto-detected by JAX on clusters it knows (Cloud TPU, SLURM, Open MPI, ...).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = config_dict.placeholder(str)  # 'host:port'.
+  config.distributed.num_processes = config_dict.placeholder(int)
+  config.distributed.process_id = config_dict.placeholder(int)
   return config

@@ -9,7 +9,10 @@ carve-out is deterministic and documented on the reader.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
+import json
+import os
 from typing import Callable
 
 from emo_jax.data_paths import corpus_file
@@ -33,7 +36,7 @@ def tiny_shakespeare(split: str, manual_dir: str | None = None) -> list[str]:
            "test": text[valid_end:]}[split]]
 
 
-def _wikitext_documents(lines: list[str]) -> list[str]:
+def wikitext_documents(lines: list[str]) -> list[str]:
   """Articles: a top-level heading line `` = Title = `` starts a new document."""
   documents, current = [], []
   for line in lines:
@@ -55,7 +58,7 @@ def wikitext2(split: str, manual_dir: str | None = None) -> list[str]:
   name = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens",
           "test": "wiki.test.tokens"}[split]
   with open(corpus_file("wikitext-2", name, manual_dir), encoding="utf-8") as f:
-    return _wikitext_documents(f.readlines())
+    return wikitext_documents(f.readlines())
 
 
 def wikitext2_raw(split: str, manual_dir: str | None = None) -> list[str]:
@@ -68,7 +71,7 @@ def wikitext2_raw(split: str, manual_dir: str | None = None) -> list[str]:
         " use split 'validation' for training, or corpus 'wikitext2' (tokenized) train.")
   name = {"validation": "wiki.valid.raw", "test": "wiki.test.raw"}[split]
   with open(corpus_file("wikitext-2-raw", name, manual_dir), encoding="utf-8") as f:
-    return _wikitext_documents(f.readlines())
+    return wikitext_documents(f.readlines())
 
 
 def ptb(split: str, manual_dir: str | None = None) -> list[str]:
@@ -101,6 +104,45 @@ def ag_news(split: str, manual_dir: str | None = None) -> list[str]:
   return documents
 
 
+LOCAL_PREFIX = "files:"
+
+
+def local_files(pattern: str, split: str, text_field: str = "text") -> list[str]:
+  """Users' own data: the files matching ``pattern`` with ``{split}`` filled in (a glob).
+
+  By extension: ``.txt`` -- each file is one document; ``.jsonl`` -- one document per line,
+  the ``text_field`` of each JSON object; ``.csv`` -- a header row, then one document per
+  row, the ``text_field`` column. Files are read in sorted order.
+  """
+  _check_split(split)
+  files = sorted(glob.glob(pattern.format(split=split)))
+  if not files:
+    raise FileNotFoundError(f"no file matches {pattern.format(split=split)!r} (corpus "
+                            f"pattern {pattern!r}, split {split!r}).")
+  documents = []
+  for path in files:
+    extension = os.path.splitext(path)[1]
+    with open(path, encoding="utf-8", newline="" if extension == ".csv" else None) as f:
+      if extension in (".txt", ".text"):
+        documents.append(f.read())
+      elif extension == ".jsonl":
+        for number, line in enumerate(f, 1):
+          if line.strip():
+            record = json.loads(line)
+            if text_field not in record:
+              raise ValueError(f"{path}:{number}: no field {text_field!r} (data.text_field).")
+            documents.append(record[text_field])
+      elif extension == ".csv":
+        reader = csv.DictReader(f)
+        if text_field not in (reader.fieldnames or []):
+          raise ValueError(f"{path}: no column {text_field!r} (data.text_field) in the header "
+                           f"{reader.fieldnames}.")
+        documents += [row[text_field] for row in reader]
+      else:
+        raise ValueError(f"{path}: unsupported extension {extension!r} (.txt, .jsonl, .csv).")
+  return [d for d in documents if d.strip()]
+
+
 READERS: dict[str, Callable[..., list[str]]] = {
     "tiny_shakespeare": tiny_shakespeare,
     "wikitext2": wikitext2,
@@ -110,10 +152,16 @@ READERS: dict[str, Callable[..., list[str]]] = {
 }
 
 
-def read_documents(corpus: str, split: str, manual_dir: str | None = None) -> list[str]:
-  if corpus not in READERS:
-    raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(READERS)}.")
-  documents = READERS[corpus](split, manual_dir)
+def read_documents(corpus: str, split: str, manual_dir: str | None = None,
+                   text_field: str = "text") -> list[str]:
+  """Documents of a named corpus, or of local files with ``corpus='files:<pattern>'``."""
+  if corpus.startswith(LOCAL_PREFIX):
+    documents = local_files(corpus[len(LOCAL_PREFIX):], split, text_field)
+  elif corpus not in READERS:
+    raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(READERS)} or "
+                     f"'{LOCAL_PREFIX}<pattern with {{split}}>'.")
+  else:
+    documents = READERS[corpus](split, manual_dir)
   if not documents:
     raise ValueError(f"corpus {corpus!r} split {split!r} is empty.")
   return documents

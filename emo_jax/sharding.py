@@ -30,6 +30,19 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins a multi-process run; must precede any device use in the process.
+
+  Cross-process collectives of the CPU backend go through Gloo (JAX's CPU default has
+  none), which is what lets the multi-process path run -- and be tested -- on one machine;
+  accelerator backends are unaffected.
+  """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None
               ) -> Mesh:
   """A ``('data', 'fsdp')`` mesh; ``-1`` takes the devices the other axis leaves."""

@@ -35,6 +35,7 @@ from emo_jax import cost_embeddings as cost_lib
 from emo_jax import fused_losses
 from emo_jax import input_pipeline
 from emo_jax import losses
+from emo_jax import metrics as metrics_lib
 from emo_jax import run_logging
 from emo_jax import sampling
 from emo_jax import sharding
@@ -210,15 +211,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model):
-  """Summed token cross-entropy and token count of one evaluation batch."""
-  hidden, head = _model_outputs(model, params, batch["inputs"], None)
-  _, aux = fused_losses.fused_cross_entropy(hidden, head, batch["targets"],
-                                            weights=batch["weights"], reduction="sum")
-  return {"ce_sum": jnp.sum(aux["ce"] * batch["weights"]),
-          "count": jnp.sum(batch["weights"])}
-
-
 # ----------------------------------------------------------------------------------------
 # Setup.
 # ----------------------------------------------------------------------------------------
@@ -301,16 +293,30 @@ class _Data:
   tokenizer: Any
 
 
+def read_documents(data_config: ml_collections.ConfigDict, split: str) -> list[str]:
+  """The documents of one split, from the upstream files or through TFDS."""
+  manual_dir = data_config.manual_dir or None
+  if data_config.source == "tfds":
+    from emo_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (imports TF)
+    documents = tfds_builders.load_documents(data_config.corpus, split,
+                                             data_config.tfds_dir or None, manual_dir)
+  elif data_config.source == "files":
+    documents = corpora.read_documents(data_config.corpus, split, manual_dir,
+                                       data_config.text_field)
+  else:
+    raise ValueError(f"data.source must be 'files' or 'tfds', got {data_config.source!r}.")
+  return documents
+
+
 def load_data(config, model) -> _Data:
   tokenizer = load_tokenizer(config.data.tokenizer_dir or None)
   tokenizer.check_model_vocab(model.config.vocab_size)
   if config.data.block_size > model.config.n_positions:
     raise ValueError(f"data.block_size ({config.data.block_size}) exceeds the model's "
                      f"n_positions ({model.config.n_positions}).")
-  manual_dir = config.data.manual_dir or None
   blocks = {}
   for split in (config.data.train_split, config.data.eval_split):
-    documents = corpora.read_documents(config.data.corpus, split, manual_dir)
+    documents = read_documents(config.data, split)
     blocks[split] = input_pipeline.tokenize_and_pack(
         documents, tokenizer, config.data.block_size, name=f"{config.data.corpus}/{split}")
   eval_blocks = blocks[config.data.eval_split]
@@ -354,13 +360,15 @@ def evaluate(eval_fn, params, data: _Data, mesh, global_batch: int) -> float:
     out = eval_fn(params, sharding.global_batch(mesh, batch, batch_axis=0))
     ce_sum += float(out["ce_sum"])
     count += float(out["count"])
-  return float(np.exp(ce_sum / max(count, 1.0)))
+  return metrics_lib.perplexity_from_sums(ce_sum, count)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) training in ``workdir``; returns the final metrics."""
-  if config.distributed:
-    jax.distributed.initialize()
+  if config.distributed.enabled:
+    sharding.initialize_distributed(config.distributed.coordinator_address,
+                                    config.distributed.num_processes,
+                                    config.distributed.process_id)
   _check_config(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -413,7 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    donate_argnums=(0,))
 
   steps = {"warmup": compile_step(warmup_objective), "main": compile_step(main_objective)}
-  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+  eval_fn = jax.jit(functools.partial(metrics_lib.eval_step, model=model),
                     in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, 2)))
   snapshot_cost = jax.jit(
       lambda params: {"embeddings": cost_lib.make_cost_collection(

@@ -159,3 +159,35 @@ def test_eval_batches_cover_every_block_once_and_pad_with_zero_weight():
 def test_too_few_blocks_for_a_batch_is_an_error():
   with pytest.raises(ValueError, match="fewer than one global batch"):
     input_pipeline.TrainIterator(make_blocks(n=3), 4, seed=0)
+
+
+# ----------------------------------------------------------------------------------------
+# Users' own files.
+# ----------------------------------------------------------------------------------------
+
+
+def test_local_files_txt_jsonl_csv(tmp_path):
+  (tmp_path / "a.train.txt").write_text("first file\n")
+  (tmp_path / "b.train.txt").write_text("second file\n")
+  assert corpora.read_documents(f"files:{tmp_path}/*.{{split}}.txt", "train") == [
+      "first file\n", "second file\n"]
+  (tmp_path / "valid.jsonl").write_text('{"body": "one"}\n\n{"body": "two"}\n')
+  assert corpora.read_documents(f"files:{tmp_path}/valid.jsonl", "validation",
+                                text_field="body") == ["one", "two"]
+  (tmp_path / "test.csv").write_text('id,text\n1,"a, quoted"\n2,plain\n')
+  assert corpora.read_documents(f"files:{tmp_path}/{{split}}.csv", "test") == [
+      "a, quoted", "plain"]
+
+
+def test_local_files_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no file matches"):
+    corpora.read_documents(f"files:{tmp_path}/{{split}}.jsonl", "train")
+  (tmp_path / "train.jsonl").write_text('{"body": "x"}\n')
+  with pytest.raises(ValueError, match="no field 'text'"):
+    corpora.read_documents(f"files:{tmp_path}/{{split}}.jsonl", "train")
+  (tmp_path / "train.csv").write_text("body\nx\n")
+  with pytest.raises(ValueError, match="no column 'text'"):
+    corpora.read_documents(f"files:{tmp_path}/{{split}}.csv", "train")
+  (tmp_path / "train.parquet").write_text("x")
+  with pytest.raises(ValueError, match="unsupported extension"):
+    corpora.read_documents(f"files:{tmp_path}/{{split}}.parquet", "train")

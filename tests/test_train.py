@@ -80,6 +80,21 @@ def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
   assert hf.config.vocab_size == 50257
   assert torch.isfinite(hf(torch.zeros((1, 4), dtype=torch.long)).logits).all()
 
+  # --mode eval on the workdir: the best checkpoint, same blocks -> the trainer's perplexity.
+  evaluation = subprocess.run(
+      [sys.executable, os.path.join(REPO, "main.py"), "--mode", "eval",
+       "--config", os.path.join(REPO, "configs", "default.py"), "--workdir", str(tmp_path),
+       *TINY_OVERRIDES, "--config.eval.split=validation", "--config.eval.max_blocks=8",
+       "--config.eval.num_prompts=8", "--config.eval.batch_size=4",
+       "--config.eval.max_new_tokens=8", "--config.eval.mauve_runs=1",
+       f"--config.eval.featurizer={tmp_path / 'hf_export'}"],
+      env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+  assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+  evaluated = json.load(open(tmp_path / "eval.json"))
+  best = json.load(open(tmp_path / "best_metric.json"))
+  assert evaluated["perplexity"] == pytest.approx(best["eval/perplexity"], rel=1e-5)
+  assert f"step {best['step']}" in evaluated["model"]
+
 
 # Long enough (60 steps, a checkpoint every 4) that a signal lands mid-run.
 LONGER = ("--config.train.num_steps=60", "--config.train.eval_every=20",
@@ -313,3 +328,45 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
   assert not np.allclose(exported.lm_head.weight.detach().numpy(), head)  # Trained ...
   saved = checkpointing.Checkpointer(str(tmp_path / "run")).read_state()
   np.testing.assert_allclose(saved["cost"]["embeddings"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  """2 processes x 2 CPU devices (jax.distributed, Gloo) == 1 process x 4 devices."""
+  def launch(workdir, process_id=None, port=None):
+    command = [sys.executable, os.path.join(REPO, "main.py"),
+               "--config", os.path.join(REPO, "configs", "default.py"),
+               "--workdir", str(workdir), *TINY_OVERRIDES,
+               "--config.train.num_steps=6", "--config.train.num_samples=0",
+               "--config.train.export_hf=False"]
+    devices = 4
+    if process_id is not None:
+      devices = 2
+      command += ["--config.distributed.enabled=True",
+                  f"--config.distributed.coordinator_address=localhost:{port}",
+                  "--config.distributed.num_processes=2",
+                  f"--config.distributed.process_id={process_id}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [launch(tmp_path / "multi", i, port) for i in range(2)]
+  procs.append(launch(tmp_path / "single"))
+  for proc in procs:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+  multi, single = losses_by_step(tmp_path / "multi"), losses_by_step(tmp_path / "single")
+  assert sorted(multi) == list(range(1, 7)) == sorted(single)
+  np.testing.assert_allclose([multi[s] for s in sorted(multi)],
+                             [single[s] for s in sorted(single)], rtol=1e-5)
+  # Warm-up is 4 steps, so steps 5-6 are EMO on the snapshotted (sharded) cost.
+  eval_multi = [json.loads(l) for l in open(tmp_path / "multi" / "metrics.jsonl")]
+  eval_single = [json.loads(l) for l in open(tmp_path / "single" / "metrics.jsonl")]
+  ppl = lambda records: [r["eval/perplexity"] for r in records if "eval/perplexity" in r]
+  # Only process 0 writes logs: one record per step, not two.
+  assert sum("train/loss" in r for r in eval_multi) == 6
+  np.testing.assert_allclose(ppl(eval_multi), ppl(eval_single), rtol=1e-5)

@@ -1,0 +1,191 @@
+"""``--mode eval``: perplexity, generations and the paper's metrics for one model.
+
+``evaluate_and_report(config, workdir)`` loads the model to evaluate (``eval.model``, an HF
+directory, or else the best checkpoint in ``workdir``), then
+
+1. perplexity on ``eval.split`` (token-weighted, padding excluded; the trainer's number);
+2. continuations of the corpus' MAUVE prompts (:mod:`emo_jax.prompts`), unbiased sampling by
+   default, exactly ``eval.max_new_tokens`` tokens;
+3. MAUVE (mean ± std over ``eval.mauve_runs``), ROUGE-1/2/L against the human continuations,
+   n-gram repetition of model and human text; with ``eval.reference_model``, the oracle
+   perplexity of the generations and the distribution measures against the reference;
+
+and writes ``eval.json`` and ``eval.md`` into the workdir. Generation and MAUVE run in one
+process (a mesh over its local devices); perplexity is multi-process safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from emo_jax import checkpointing
+from emo_jax import input_pipeline
+from emo_jax import metrics
+from emo_jax import prompts as prompts_lib
+from emo_jax import sampling
+from emo_jax import sharding
+from emo_jax import train
+from emo_jax.models import convert
+from emo_jax.tokenizer import load_tokenizer
+
+
+def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
+  """``(model, params, description)`` of ``eval.model`` or of the workdir's best checkpoint."""
+  if config.eval.model:
+    model, variables = convert.from_pretrained(config.eval.model, cost_embeddings="adaptive")
+    return model, variables["params"], config.eval.model
+  checkpointer = checkpointing.Checkpointer(workdir)
+  if checkpointer.best_step() is None and checkpointer.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir} (and eval.model is empty): train "
+                            "first, or set --config.eval.model=<HF directory>.")
+  best = checkpointer.best_step() is not None
+  saved = checkpointer.read_state(best=best)
+  step = checkpointer.best_step() if best else checkpointer.latest_step()
+  checkpointer.close()
+  model, _ = train.build_model(config)
+  description = f"{workdir} ({'best' if best else 'latest'} checkpoint, step {step})"
+  return model, jax.tree.map(jnp.asarray, saved["params"]), description
+
+
+def _perplexity(model, params, blocks: np.ndarray, batch_size: int, mesh) -> float:
+  step = jax.jit(functools.partial(metrics.eval_step, model=model))
+  ce_sum, count = 0.0, 0.0
+  for batch in input_pipeline.eval_batches(blocks, batch_size, jax.process_index(),
+                                           jax.process_count()):
+    out = step(params, sharding.global_batch(mesh, batch))
+    ce_sum += float(out["ce_sum"])
+    count += float(out["count"])
+  return metrics.perplexity_from_sums(ce_sum, count)
+
+
+def _distribution_measures(model, params, reference, reference_params, blocks, batch_size=8):
+  """Token-weighted distribution measures of the model against the reference on ``blocks``."""
+  if reference.config.vocab_size != model.config.vocab_size:
+    raise ValueError(f"reference vocab {reference.config.vocab_size} != model vocab "
+                     f"{model.config.vocab_size}.")
+
+  @jax.jit
+  def sums(params, reference_params, batch):
+    logits = model.apply({"params": params}, batch["inputs"])  # [B, L, V]
+    reference_logits = reference.apply({"params": reference_params}, batch["inputs"])
+    means = metrics.distribution_measures(logits, reference_logits, batch["weights"])
+    count = jnp.sum(batch["weights"])
+    return {k: v * count for k, v in means.items()}, count
+
+  totals, count = {}, 0.0
+  for batch in input_pipeline.eval_batches(blocks, batch_size):
+    out, n = sums(params, reference_params, batch)
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    count += float(n)
+  return {k: v / count for k, v in totals.items()}
+
+
+def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  eval_config = config.eval
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  model, params, description = load_model_for_eval(config, workdir)
+  tokenizer = load_tokenizer(config.data.tokenizer_dir or None)
+  tokenizer.check_model_vocab(model.config.vocab_size)
+  results: dict[str, Any] = {"model": description, "corpus": config.data.corpus,
+                             "split": eval_config.split}
+  timings = {}
+
+  start = time.time()
+  documents = train.read_documents(config.data, eval_config.split)
+  block_size = min(config.data.block_size, model.config.n_positions)
+  blocks = input_pipeline.tokenize_and_pack(documents, tokenizer, block_size,
+                                            name=f"{config.data.corpus}/{eval_config.split}")
+  if eval_config.max_blocks:
+    blocks = blocks[:eval_config.max_blocks]
+  batch_size = eval_config.batch_size
+  results["perplexity"] = _perplexity(model, params, blocks, batch_size, mesh)
+  timings["perplexity_s"] = time.time() - start
+  logging.info("perplexity %.3f on %d blocks of %s", results["perplexity"], len(blocks),
+               eval_config.split)
+
+  start = time.time()
+  prompt_set = prompts_lib.make_prompts(config.data.corpus, documents, eval_config.num_prompts)
+  prompt_ids = tokenizer.encode_batch([p.prefix for p in prompt_set])
+  longest = model.config.n_positions - eval_config.max_new_tokens
+  prompt_ids = [ids[-longest:] for ids in prompt_ids]  # Keep the prefix's end if too long.
+  generated = sampling.generate(
+      model, params, prompt_ids, jax.random.key(config.seed),
+      max_new_tokens=eval_config.max_new_tokens, batch_size=batch_size, mesh=mesh,
+      temperature=eval_config.temperature, top_k=eval_config.top_k,
+      top_p=eval_config.top_p, typical_p=eval_config.typical_p, greedy=eval_config.greedy)
+  continuations = tokenizer.decode_batch(generated)
+  humans = [p.continuation for p in prompt_set]
+  timings["generation_s"] = time.time() - start
+  results["num_prompts"] = len(prompt_set)
+
+  start = time.time()
+  featurizer = metrics.make_featurizer(eval_config.featurizer)
+  human_features = featurizer(humans)
+  model_features = featurizer(continuations)
+  results["mauve"] = metrics.mauve(human_features, model_features, runs=eval_config.mauve_runs,
+                                   seed=config.seed, scaling_factor=eval_config.mauve_scaling)
+  results["mauve"]["featurizer"] = featurizer.name
+  timings["mauve_s"] = time.time() - start
+
+  results["rouge"] = metrics.rouge(continuations, humans)
+  results["repetition"] = {
+      f"rep-{n}": {"model": metrics.repetition([c.split() for c in continuations], n),
+                   "human": metrics.repetition([h.split() for h in humans], n)}
+      for n in (1, 2, 3, 4)}
+
+  if eval_config.reference_model:
+    start = time.time()
+    reference, reference_vars = convert.from_pretrained(eval_config.reference_model,
+                                                        cost_embeddings="adaptive")
+    ce_sum, count = metrics.continuation_ce_sums(reference, reference_vars["params"],
+                                                 prompt_ids, generated, batch_size)
+    results["oracle_perplexity"] = metrics.perplexity_from_sums(ce_sum, count)
+    results["distribution"] = _distribution_measures(
+        model, params, reference, reference_vars["params"], blocks)
+    timings["reference_s"] = time.time() - start
+  results["timings"] = timings
+  results["examples"] = [
+      {"prefix": p.prefix, "model": c, "human": p.continuation}
+      for p, c in zip(prompt_set[:eval_config.num_examples], continuations)]
+
+  for example in results["examples"]:
+    print(f"\n--- prefix: {example['prefix']!r}\n    model:  {example['model']!r}\n"
+          f"    human:  {example['human']!r}")
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, "eval.md"), "w") as f:
+    f.write(markdown_table(results))
+  print("\n" + markdown_table(results))
+  return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+  """A one-row Markdown summary of :func:`evaluate_and_report`'s results."""
+  mauve = results["mauve"]
+  columns = {
+      "perplexity": f"{results['perplexity']:.2f}",
+      "MAUVE": f"{mauve['mean']:.3f} ± {mauve['std']:.3f}",
+      "ROUGE-1/2/L": "/".join(f"{results['rouge'][k]:.3f}"
+                              for k in ("rouge1", "rouge2", "rougeL")),
+      "rep-2 (model/human)": "{model:.3f}/{human:.3f}".format(**results["repetition"]["rep-2"]),
+  }
+  if "oracle_perplexity" in results:
+    columns["oracle ppl"] = f"{results['oracle_perplexity']:.2f}"
+    columns.update({k: f"{v:.3f}" for k, v in results["distribution"].items()})
+  header = (f"Model: {results['model']}; {results['corpus']}/{results['split']}, "
+            f"{results['num_prompts']} prompts, MAUVE featurizer {mauve['featurizer']}, "
+            f"{len(mauve['runs'])} runs.\n\n")
+  return (header + "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n| "
+          + " | ".join(columns.values()) + " |\n")

@@ -1,0 +1,116 @@
+"""Benchmark: sampling tokens/s, emo_jax's jit KV-cache sampler vs HF transformers'
+PyTorch ``generate``, same shapes, same CPU.
+
+    python experiments/bench_generate.py                  # tiny and gpt2 (124M), batch 64
+    python experiments/bench_generate.py --presets tiny --repeats 2
+
+Unbiased (ancestral) sampling, exactly ``--new-tokens`` new tokens per row (the paper's 80),
+left-padded prompts of 10-30 tokens, random weights, float32. Each row is a fresh process;
+time is the median of ``--repeats`` calls after a warm-up call (compilation). Prints a
+Markdown table with tokens/s (rows × new tokens / time) and the ratio to HF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from bench_loss import _peak_rss_bytes, _time
+
+METHODS = ("emo_jax sample (jit, KV cache)", "HF transformers generate (PyTorch)")
+
+
+def _prompts(batch, vocab, seed=0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(10, 31, batch)
+  return [rng.integers(0, vocab, n).tolist() for n in lengths]
+
+
+def _worker(args):
+  from emo_jax.models.gpt2 import GPT2Config
+  config = GPT2Config.preset(args.preset)
+  prompts = _prompts(args.batch, config.vocab_size)
+  if args.method.startswith("emo_jax"):
+    import jax
+    import jax.numpy as jnp
+    from emo_jax import sampling
+    from emo_jax.models.gpt2 import GPT2LMHeadModel
+    model = GPT2LMHeadModel(config)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    ids, mask = sampling.left_pad(prompts)
+    run = lambda: sampling.sample(model, params, ids, mask, jax.random.key(1),
+                                  max_new_tokens=args.new_tokens).block_until_ready()
+  else:
+    import torch
+    import transformers
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head)).eval()
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):  # Left padding, as generate expects.
+      ids[row, width - len(prompt):] = torch.tensor(prompt)
+      mask[row, width - len(prompt):] = 1
+
+    def run():
+      with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+                       top_p=1.0, max_new_tokens=args.new_tokens,
+                       min_new_tokens=args.new_tokens, pad_token_id=0)
+  seconds = _time(run, args.repeats)
+  print(json.dumps(dict(seconds=seconds, peak=_peak_rss_bytes())))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--presets", nargs="+", default=["tiny", "gpt2"])
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--new-tokens", type=int, default=80)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--method", help=argparse.SUPPRESS)
+  parser.add_argument("--preset", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    return _worker(args)
+
+  results = {}
+  for preset in args.presets:
+    for method in METHODS:
+      out = subprocess.run(
+          [sys.executable, __file__, "--worker", "--method", method, "--preset", preset,
+           "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
+           "--repeats", str(args.repeats)], capture_output=True, text=True, check=False)
+      if out.returncode != 0:
+        print(f"{method} {preset} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+        continue
+      results[preset, method] = json.loads(out.stdout.strip().splitlines()[-1])
+      print(f"  measured {preset} {method}: {results[preset, method]['seconds']:.2f} s",
+            file=sys.stderr, flush=True)
+
+  tokens = args.batch * args.new_tokens
+  print(f"\nBatch {args.batch}, {args.new_tokens} new tokens per row (unbiased sampling), "
+        f"prompts of 10-30 tokens left-padded, float32, {os.cpu_count()} CPU threads, median "
+        f"of {args.repeats} after a warm-up call.\n")
+  print("| preset | method | time (s) | tokens/s | × HF tokens/s | peak RSS (GB) |")
+  print("|---|---|---:|---:|---:|---:|")
+  for preset in args.presets:
+    hf = results.get((preset, METHODS[1]))
+    for method in METHODS:
+      r = results.get((preset, method))
+      if r is None:
+        continue
+      ratio = f"{hf['seconds'] / r['seconds']:.2f}" if hf else "–"
+      print(f"| {preset} | {method} | {r['seconds']:.2f} | {tokens / r['seconds']:.0f} "
+            f"| {ratio} | {r['peak'] / 1e9:.2f} |")
+
+
+if __name__ == "__main__":
+  main()
