@@ -3,7 +3,10 @@
 Prompts are left-padded to a common length so every row's next token is written at the same
 cache slot; positions count only real tokens (``cumsum(mask) - 1``), exactly as if each row
 were alone. The prompt is pre-filled in one call, then ``lax.scan`` emits exactly
-``max_new_tokens`` tokens (the paper forces 80).
+``max_new_tokens`` tokens (the paper forces 80; with ``eos_id`` a finished row repeats EOS).
+Decoding: unbiased (ancestral) sampling by default -- the paper's main setting -- or
+temperature / top-k / top-p / typical filtering, or greedy. :func:`generate` runs any number
+of prompts in fixed-size batches, optionally split over a device mesh.
 """
 
 from __future__ import annotations

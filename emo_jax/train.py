@@ -294,17 +294,22 @@ class _Data:
 
 
 def read_documents(data_config: ml_collections.ConfigDict, split: str) -> list[str]:
-  """The documents of one split, from the upstream files or through TFDS."""
+  """The documents of one split, from the upstream files or through TFDS.
+
+  ``data.corpus`` may join corpora with ``+`` (``'wikitext2+ptb'``): their documents are
+  concatenated in that order (the training iterator shuffles blocks anyway).
+  """
   manual_dir = data_config.manual_dir or None
-  if data_config.source == "tfds":
-    from emo_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (imports TF)
-    documents = tfds_builders.load_documents(data_config.corpus, split,
-                                             data_config.tfds_dir or None, manual_dir)
-  elif data_config.source == "files":
-    documents = corpora.read_documents(data_config.corpus, split, manual_dir,
-                                       data_config.text_field)
-  else:
+  if data_config.source not in ("files", "tfds"):
     raise ValueError(f"data.source must be 'files' or 'tfds', got {data_config.source!r}.")
+  documents = []
+  for corpus in data_config.corpus.split("+"):
+    if data_config.source == "tfds":
+      from emo_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (imports TF)
+      documents += tfds_builders.load_documents(corpus, split, data_config.tfds_dir or None,
+                                                manual_dir)
+    else:
+      documents += corpora.read_documents(corpus, split, manual_dir, data_config.text_field)
   return documents
 
 

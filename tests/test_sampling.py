@@ -1,6 +1,8 @@
 """KV-cache sampling against the full forward pass, the filters' defining properties, and
 the sampling distribution against the model's softmax."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,9 +27,20 @@ def tiny():
   return model, params
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _full_forward(model, params, padded):
+  return model.apply({"params": params}, padded)  # [1, n_positions, V]
+
+
 def full_forward_logits(model, params, tokens):
-  """Next-token logits after ``tokens`` from a cache-free forward pass of the row alone."""
-  return model.apply({"params": params}, jnp.asarray([tokens], jnp.int32))[0, -1]
+  """Next-token logits after ``tokens`` from a cache-free forward pass of the row alone.
+
+  Right padding to n_positions changes nothing before it (causal attention) and compiles the
+  forward pass once for every length.
+  """
+  padded = np.zeros((1, model.config.n_positions), np.int32)
+  padded[0, :len(tokens)] = tokens
+  return _full_forward(model, params, padded)[0, len(tokens) - 1]
 
 
 def test_greedy_equals_stepwise_argmax_of_the_full_forward_pass(tiny):

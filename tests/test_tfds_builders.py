@@ -110,3 +110,10 @@ def test_trainer_reads_through_tfds_when_configured(tfds_dir, data_dir):
   data.source = "hub"
   with pytest.raises(ValueError, match="data.source must be"):
     train.read_documents(data, "validation")
+
+
+def test_trainer_joins_corpora_with_plus(data_dir):
+  data = ml_collections.ConfigDict(dict(source="files", corpus="ptb+wikitext2",
+                                        manual_dir=data_dir, tfds_dir="", text_field="text"))
+  assert train.read_documents(data, "validation") == (
+      corpora.ptb("validation", data_dir) + corpora.wikitext2("validation", data_dir))
