@@ -74,6 +74,19 @@ def wikitext2_raw(split: str, manual_dir: str | None = None) -> list[str]:
     return wikitext_documents(f.readlines())
 
 
+def wikitext2_raw_carved(split: str, manual_dir: str | None = None) -> list[str]:
+  """WikiText-2 raw for fine-tuning with only the local validation/test files (the paper
+  fine-tunes on WikiText-2 and tests on its test split): ``train`` = the validation file's
+  articles except every 10th, ``validation`` = every 10th (for best-checkpoint selection),
+  ``test`` = the test file, untouched."""
+  _check_split(split)
+  if split == "test":
+    return wikitext2_raw("test", manual_dir)
+  articles = wikitext2_raw("validation", manual_dir)
+  keep_for_validation = split == "validation"
+  return [a for i, a in enumerate(articles) if (i % 10 == 9) == keep_for_validation]
+
+
 def ptb(split: str, manual_dir: str | None = None) -> list[str]:
   """Penn Treebank (Mikolov): one sentence per line, each line a document."""
   _check_split(split)
@@ -147,6 +160,7 @@ READERS: dict[str, Callable[..., list[str]]] = {
     "tiny_shakespeare": tiny_shakespeare,
     "wikitext2": wikitext2,
     "wikitext2_raw": wikitext2_raw,
+    "wikitext2_raw_carved": wikitext2_raw_carved,
     "ptb": ptb,
     "ag_news": ag_news,
 }

@@ -29,6 +29,7 @@ class PromptLengths:
 PROMPT_LENGTHS: dict[str, PromptLengths] = {
     "wikitext2": PromptLengths(20, 80),
     "wikitext2_raw": PromptLengths(20, 80),
+    "wikitext2_raw_carved": PromptLengths(20, 80),
     "wikitext103": PromptLengths(20, 80),
     "ptb": PromptLengths(5, 25),
     "ag_news": PromptLengths(10, 30),

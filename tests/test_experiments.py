@@ -1,5 +1,6 @@
 """The experiment scripts run, and what they print is true."""
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,53 @@ def test_walkthrough_script_renders_markdown():
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.startswith("# EMO's loss on a toy vocabulary")
   assert "| car |" in out.stdout and "exact EMD" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------
+# The study driver: commands and the report's statistics (the runs themselves are hours).
+# ----------------------------------------------------------------------------------------
+
+import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_study_grid_commands(tmp_path):
+  finetune = study.stage_commands("finetune", str(tmp_path))
+  assert len(finetune) == len(study.CORPORA) * len(study.OBJECTIVES) * len(study.SEEDS)
+  command, marker = finetune[0]
+  assert command[1].endswith("main.py") and "--config.data.corpus=wikitext2_raw_carved" in (
+      command)
+  assert marker.endswith(os.path.join("wikitext2_raw_carved", "mle", "seed0",
+                                      "results.json"))
+  evaluation = study.stage_commands("eval", str(tmp_path), corpora=["ag_news"],
+                                    objectives=["emo"], seeds=[1])
+  (command, marker), = evaluation
+  assert "--mode" in command and "--config.loss.weighting=mle" in command
+  assert marker.endswith("eval.json")
+  with pytest.raises(ValueError, match="unknown stage"):
+    study.stage_commands("plot", str(tmp_path))
+
+
+def _write_eval(root, objective, seed, mauve, perplexity):
+  path = os.path.join(study.run_dir(str(root), "ag_news", objective, seed), "eval.json")
+  os.makedirs(os.path.dirname(path))
+  with open(path, "w") as f:
+    json.dump({"perplexity": perplexity, "mauve": {"mean": mauve},
+               "rouge": {"rougeL": 0.1}, "repetition": {"rep-2": {"model": 0.05}}}, f)
+
+
+def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
+  for seed, (base, noise) in enumerate([(0.50, 0.01), (0.60, -0.01), (0.55, 0.0)]):
+    _write_eval(tmp_path, "mle", seed, base, 30.0 + seed)
+    _write_eval(tmp_path, "emo", seed, base + 0.2 + noise, 31.0 + seed + noise)
+    _write_eval(tmp_path, "tailr", seed, base + [0.05, -0.05, 0.0][seed], 30.0 + seed)
+  table = study.collect(str(tmp_path), corpora=["ag_news"],
+                        objectives=["mle", "emo", "tailr"])
+  assert table["ag_news"]["emo"]["seeds"] == [0, 1, 2]
+  report = study.markdown_report(table)
+  emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
+  tailr_row = next(line for line in report.splitlines() if line.startswith("| tailr |"))
+  # MAUVE +0.2 on every seed: a win; perplexity +1 on every seed: a loss (lower is better).
+  assert "(win, p=" in emo_row.split("|")[4] and "(loss, p=" in emo_row.split("|")[3]
+  assert "(tie" in tailr_row.split("|")[4]
+  assert study.paired_p_value([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == 0.0  # Constant shift.
+  assert study.paired_p_value([1.0, 2.0], [1.0, 2.0]) is None  # No difference at all.

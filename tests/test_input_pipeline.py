@@ -191,3 +191,13 @@ def test_local_files_errors(tmp_path):
   (tmp_path / "train.parquet").write_text("x")
   with pytest.raises(ValueError, match="unsupported extension"):
     corpora.read_documents(f"files:{tmp_path}/{{split}}.parquet", "train")
+
+
+def test_wikitext2_raw_carved_splits_the_validation_file_and_keeps_test(data_dir):
+  validation_file = corpora.wikitext2_raw("validation", data_dir)
+  train = corpora.wikitext2_raw_carved("train", data_dir)
+  validation = corpora.wikitext2_raw_carved("validation", data_dir)
+  assert len(train) + len(validation) == len(validation_file) and len(validation) == 6
+  assert sorted(train + validation) == sorted(validation_file)
+  assert corpora.wikitext2_raw_carved("test", data_dir) == corpora.wikitext2_raw("test",
+                                                                                 data_dir)
