@@ -399,7 +399,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   warmup_steps = config.loss.mle_warmup_steps
   # From scratch, the frozen cost is the head as MLE warm-up leaves it; a pretrained model
   # brought its own head copy at load.
-  snapshot_step = warmup_steps if frozen and pretrained is None else None
+  # (The collection exists for every objective, so a workdir can resume under another one,
+  # but only EMO reads it: MLE/MixCE/TaiLr runs skip the snapshot.)
+  snapshot_step = (warmup_steps if frozen and pretrained is None and config.loss.name == "emo"
+                   else None)
   if checkpointer.latest_step() is not None:
     state, data_state = checkpointer.restore(checkpointing.abstract_like(state))
     data.train.set_state(data_state["train"])
