@@ -178,10 +178,12 @@ def main(argv=None):
   parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES),
                       choices=list(OBJECTIVES))
   parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-  parser.add_argument("extra", nargs="*", help="overrides for every main.py call (after --)")
-  args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  # Everything after "--" goes to main.py (argparse cannot take it after the grid options).
+  extra = argv[argv.index("--") + 1:] if "--" in argv else []
+  args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
   grid = dict(corpora=args.corpora, objectives=args.objectives, seeds=args.seeds,
-              extra=args.extra)
+              extra=extra)
   if args.action == "report":
     print(markdown_report(collect(args.root, args.corpora, args.objectives, args.seeds)))
     return

@@ -98,3 +98,10 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
   assert "(tie" in tailr_row.split("|")[4]
   assert study.paired_p_value([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == 0.0  # Constant shift.
   assert study.paired_p_value([1.0, 2.0], [1.0, 2.0]) is None  # No difference at all.
+
+
+def test_study_passes_overrides_after_double_dash(capsys):
+  study.main(["commands", "finetune", "--corpora", "ag_news", "--objectives", "mle",
+              "--seeds", "0", "--", "--config.train.num_steps=4"])
+  (line,) = capsys.readouterr().out.strip().splitlines()
+  assert line.endswith("--config.train.num_steps=4") and "--config.data.corpus=ag_news" in line
