@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from emo_jax import checkpointing
 from emo_jax import input_pipeline
@@ -55,17 +54,6 @@ def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
   model, _ = train.build_model(config)
   description = f"{workdir} ({'best' if best else 'latest'} checkpoint, step {step})"
   return model, jax.tree.map(jnp.asarray, saved["params"]), description
-
-
-def _perplexity(model, params, blocks: np.ndarray, batch_size: int, mesh) -> float:
-  step = jax.jit(functools.partial(metrics.eval_step, model=model))
-  ce_sum, count = 0.0, 0.0
-  for batch in input_pipeline.eval_batches(blocks, batch_size, jax.process_index(),
-                                           jax.process_count()):
-    out = step(params, sharding.global_batch(mesh, batch))
-    ce_sum += float(out["ce_sum"])
-    count += float(out["count"])
-  return metrics.perplexity_from_sums(ce_sum, count)
 
 
 def _distribution_measures(model, params, reference, reference_params, blocks, batch_size=8):
@@ -110,7 +98,8 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   if eval_config.max_blocks:
     blocks = blocks[:eval_config.max_blocks]
   batch_size = eval_config.batch_size
-  results["perplexity"] = _perplexity(model, params, blocks, batch_size, mesh)
+  eval_fn = jax.jit(functools.partial(metrics.eval_step, model=model))
+  results["perplexity"] = metrics.perplexity(eval_fn, params, blocks, batch_size, mesh)
   timings["perplexity_s"] = time.time() - start
   logging.info("perplexity %.3f on %d blocks of %s", results["perplexity"], len(blocks),
                eval_config.split)

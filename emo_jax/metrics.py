@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emo_jax import fused_losses
+from emo_jax import input_pipeline
+from emo_jax import sharding
 
 
 # ----------------------------------------------------------------------------------------
@@ -47,6 +49,21 @@ def perplexity_from_sums(ce_sum: float, count: float) -> float:
   if count <= 0:
     raise ValueError("perplexity of an empty split (no token has weight > 0).")
   return float(np.exp(ce_sum / count))
+
+
+def perplexity(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh) -> float:
+  """Perplexity of ``[n, L + 1]`` blocks; ``eval_fn`` is (a jit of) :func:`eval_step`.
+
+  Every block is seen once, the last batch padded with weight-0 rows; each process feeds its
+  rows of every global batch (multi-process safe).
+  """
+  ce_sum, count = 0.0, 0.0
+  for batch in input_pipeline.eval_batches(blocks, global_batch_size, jax.process_index(),
+                                           jax.process_count()):
+    out = eval_fn(params, sharding.global_batch(mesh, batch))
+    ce_sum += float(out["ce_sum"])
+    count += float(out["count"])
+  return perplexity_from_sums(ce_sum, count)
 
 
 # ----------------------------------------------------------------------------------------

@@ -357,17 +357,6 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate(eval_fn, params, data: _Data, mesh, global_batch: int) -> float:
-  """Token-weighted perplexity over the evaluation blocks (padding excluded)."""
-  ce_sum, count = 0.0, 0.0
-  for batch in input_pipeline.eval_batches(data.eval_blocks, global_batch,
-                                           jax.process_index(), jax.process_count()):
-    out = eval_fn(params, sharding.global_batch(mesh, batch, batch_axis=0))
-    ce_sum += float(out["ce_sum"])
-    count += float(out["count"])
-  return metrics_lib.perplexity_from_sums(ce_sum, count)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) training in ``workdir``; returns the final metrics."""
   if config.distributed.enabled:
@@ -476,7 +465,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logger.progress(step, float(metrics["loss"]), tokens_per_second)
         last_time, last_step = time.time(), step
       if step % config.train.eval_every == 0 or step == total_steps:
-        perplexity = evaluate(eval_fn, state.params, data, mesh, config.train.batch_size)
+        perplexity = metrics_lib.perplexity(eval_fn, state.params, data.eval_blocks,
+                                                config.train.batch_size, mesh)
         logger.write(step, {"eval/perplexity": perplexity})
         if perplexity < best:
           best = perplexity

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
-from bench_loss import _peak_rss_bytes, _time
+import benchmarking
 
 METHODS = ("emo_jax sample (jit, KV cache)", "HF transformers generate (PyTorch)")
 
@@ -64,8 +62,8 @@ def _worker(args):
         model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
                        top_p=1.0, max_new_tokens=args.new_tokens,
                        min_new_tokens=args.new_tokens, pad_token_id=0)
-  seconds = _time(run, args.repeats)
-  print(json.dumps(dict(seconds=seconds, peak=_peak_rss_bytes())))
+  seconds = benchmarking.median_seconds(run, args.repeats)
+  print(json.dumps(dict(seconds=seconds, peak=benchmarking.peak_rss_bytes())))
 
 
 def main():
@@ -84,16 +82,12 @@ def main():
   results = {}
   for preset in args.presets:
     for method in METHODS:
-      out = subprocess.run(
-          [sys.executable, __file__, "--worker", "--method", method, "--preset", preset,
-           "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
-           "--repeats", str(args.repeats)], capture_output=True, text=True, check=False)
-      if out.returncode != 0:
-        print(f"{method} {preset} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-        continue
-      results[preset, method] = json.loads(out.stdout.strip().splitlines()[-1])
-      print(f"  measured {preset} {method}: {results[preset, method]['seconds']:.2f} s",
-            file=sys.stderr, flush=True)
+      result = benchmarking.run_worker(
+          __file__, ["--method", method, "--preset", preset, "--batch", str(args.batch),
+                     "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)],
+          f"{preset} {method}")
+      if result is not None:
+        results[preset, method] = result
 
   tokens = args.batch * args.new_tokens
   print(f"\nBatch {args.batch}, {args.new_tokens} new tokens per row (unbiased sampling), "

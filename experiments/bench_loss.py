@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
+
+import benchmarking
 
 VOCAB, WIDTH = 50257, 768
 METHODS = {
@@ -32,25 +29,6 @@ METHODS = {
     "PyTorch CE": ("torch", 3),
     "PyTorch official EMO": ("torch", 5),
 }
-
-
-def _rss_bytes() -> int:
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _time(fn, repeats):
-  fn()  # Warm-up: compilation / allocator.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _jax_worker(method, tokens, repeats, chunk_size):
@@ -66,7 +44,7 @@ def _jax_worker(method, tokens, repeats, chunk_size):
   labels = jnp.asarray(rng.integers(0, VOCAB, tokens, dtype=np.int32))
   cost = jnp.asarray(rng.standard_normal((VOCAB, WIDTH), np.float32))
   jax.block_until_ready((hidden, head, labels, cost))
-  baseline = _rss_bytes()
+  baseline = benchmarking.rss_bytes()
 
   if method == "matmul ceiling":
     fn = jax.jit(lambda h, w: h @ w.T)
@@ -84,7 +62,7 @@ def _jax_worker(method, tokens, repeats, chunk_size):
     }
     fn = jax.jit(jax.value_and_grad(objectives[method], argnums=(0, 1)))
     run = lambda: jax.block_until_ready(fn(hidden, head, labels, cost))
-  return _time(run, repeats), baseline
+  return benchmarking.median_seconds(run, repeats), baseline
 
 
 def official_emo_loss(logits, labels, cost_embeddings):
@@ -117,7 +95,7 @@ def _torch_worker(method, tokens, repeats):
   head = (0.02 * torch.randn(VOCAB, WIDTH)).requires_grad_()
   labels = torch.randint(0, VOCAB, (tokens,))
   cost = torch.randn(VOCAB, WIDTH)
-  baseline = _rss_bytes()
+  baseline = benchmarking.rss_bytes()
 
   def run():
     hidden.grad = head.grad = None
@@ -128,7 +106,7 @@ def _torch_worker(method, tokens, repeats):
       loss = official_emo_loss(logits, labels, cost).mean()
     loss.backward()
 
-  return _time(run, repeats), baseline
+  return benchmarking.median_seconds(run, repeats), baseline
 
 
 def _worker(args):
@@ -139,7 +117,7 @@ def _worker(args):
     seconds, baseline = _torch_worker(args.method, args.tokens, args.repeats)
   else:
     seconds, baseline = _jax_worker(args.method, args.tokens, args.repeats, args.chunk_size)
-  print(json.dumps(dict(seconds=seconds, baseline=baseline, peak=_peak_rss_bytes())))
+  print(json.dumps(dict(seconds=seconds, baseline=baseline, peak=benchmarking.peak_rss_bytes())))
 
 
 def main():
@@ -159,16 +137,12 @@ def main():
   results = {}
   for tokens in args.tokens:
     for method in args.methods:
-      out = subprocess.run(
-          [sys.executable, __file__, "--worker", "--method", method, "--tokens", str(tokens),
-           "--repeats", str(args.repeats), "--chunk-size", str(args.chunk_size)],
-          capture_output=True, text=True, check=False)
-      if out.returncode != 0:
-        print(f"{method} N={tokens} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-        continue
-      results[method, tokens] = json.loads(out.stdout.strip().splitlines()[-1])
-      print(f"  measured {method:22s} N={tokens}: {results[method, tokens]['seconds']:.2f} s",
-            file=sys.stderr, flush=True)
+      result = benchmarking.run_worker(
+          __file__, ["--method", method, "--tokens", str(tokens), "--repeats",
+                     str(args.repeats), "--chunk-size", str(args.chunk_size)],
+          f"{method} N={tokens}")
+      if result is not None:
+        results[method, tokens] = result
 
   print(f"\nV = {VOCAB}, d = d_c = {WIDTH}, float32, {os.cpu_count()} CPU threads, "
         f"median of {args.repeats} after warm-up, fused chunk "

@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
-from bench_loss import _peak_rss_bytes, _rss_bytes, _time, official_emo_loss
+import benchmarking
+from bench_loss import official_emo_loss
 
 METHODS = ("matmul ceiling", "emo_jax MLE (fused)", "emo_jax EMO (naive)",
            "emo_jax EMO (fused)", "PyTorch HF CE", "PyTorch HF official EMO")
@@ -47,9 +46,11 @@ def _jax_worker(method, preset, batch, length, repeats):
     hidden = jnp.asarray(rng.standard_normal((batch * length, config.n_embd), np.float32))
     head = jnp.asarray(rng.standard_normal((config.vocab_size, config.n_embd), np.float32))
     jax.block_until_ready((hidden, head))
-    baseline = _rss_bytes()
+    baseline = benchmarking.rss_bytes()
     matmul = jax.jit(lambda h, w: h @ w.T)
-    return _time(lambda: matmul(hidden, head).block_until_ready(), repeats), baseline, config
+    seconds = benchmarking.median_seconds(lambda: matmul(hidden, head).block_until_ready(),
+                                          repeats)
+    return seconds, baseline, config
 
   model = GPT2LMHeadModel(config)
   loss_name = "mle" if "MLE" in method else "emo"
@@ -71,14 +72,14 @@ def _jax_worker(method, preset, batch, length, repeats):
       donate_argnums=(0,))
   batch_arrays = jax.device_put(micro)
   jax.block_until_ready((state, batch_arrays))
-  baseline = _rss_bytes()
+  baseline = benchmarking.rss_bytes()
   holder = {"state": state}
 
   def run():
     holder["state"], metrics = step(holder["state"], batch_arrays)
     jax.block_until_ready(metrics)
 
-  return _time(run, repeats), baseline, config
+  return benchmarking.median_seconds(run, repeats), baseline, config
 
 
 def _torch_worker(method, preset, batch, length, repeats):
@@ -98,7 +99,7 @@ def _torch_worker(method, preset, batch, length, repeats):
   cost = (head / head.norm(dim=-1, keepdim=True)).clone()
   tokens = torch.randint(0, ours.vocab_size, (batch, length + 1))
   inputs, labels = tokens[:, :-1], tokens[:, 1:]
-  baseline = _rss_bytes()
+  baseline = benchmarking.rss_bytes()
 
   def run():
     optimizer.zero_grad(set_to_none=True)
@@ -111,7 +112,7 @@ def _torch_worker(method, preset, batch, length, repeats):
     loss.backward()
     optimizer.step()
 
-  return _time(run, repeats), baseline, ours
+  return benchmarking.median_seconds(run, repeats), baseline, ours
 
 
 def _flops_per_step(method, config, batch, length):
@@ -138,7 +139,7 @@ def _worker(args):
     seconds, baseline, config = _jax_worker(args.method, args.preset, args.batch,
                                             args.length, args.repeats)
   flops = _flops_per_step(args.method, config, args.batch, args.length)
-  print(json.dumps(dict(seconds=seconds, baseline=baseline, peak=_peak_rss_bytes(),
+  print(json.dumps(dict(seconds=seconds, baseline=baseline, peak=benchmarking.peak_rss_bytes(),
                         flops=flops)))
 
 
@@ -157,16 +158,11 @@ def main():
 
   results = {}
   for method in args.methods:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", "--method", method, "--preset", args.preset,
-         "--batch", str(args.batch), "--length", str(args.length),
-         "--repeats", str(args.repeats)], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-      print(f"{method} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-      continue
-    results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  measured {method:26s}: {results[method]['seconds']:.2f} s", file=sys.stderr,
-          flush=True)
+    result = benchmarking.run_worker(
+        __file__, ["--method", method, "--preset", args.preset, "--batch", str(args.batch),
+                   "--length", str(args.length), "--repeats", str(args.repeats)], method)
+    if result is not None:
+      results[method] = result
 
   tokens = args.batch * args.length
   print(f"\nGPT-2 preset {args.preset!r}, batch {args.batch} x {args.length} tokens, float32, "

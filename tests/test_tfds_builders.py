@@ -2,7 +2,6 @@
 for the corpora that are not in shared/data; every error names what is missing."""
 
 import json
-import os
 
 import ml_collections
 import pytest

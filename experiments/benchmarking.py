@@ -1,0 +1,50 @@
+"""What every benchmark script shares: timing, memory readings, one fresh process per row.
+
+Each script re-runs itself with ``--worker ...`` for every row; the worker prints one JSON
+line (its measurements) last, which :func:`run_worker` parses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def rss_bytes() -> int:
+  """Resident memory of this process now."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident memory of this process so far."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """Median wall-clock of ``repeats`` calls after one warm-up call (compilation)."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def run_worker(script: str, worker_args: list[str], label: str) -> dict | None:
+  """Runs ``script --worker *worker_args`` in a fresh process; its last stdout line (JSON),
+  or None after printing the worker's error."""
+  out = subprocess.run([sys.executable, script, "--worker", *worker_args],
+                       capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    print(f"{label} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+    return None
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  print(f"  measured {label}: {result['seconds']:.2f} s", file=sys.stderr, flush=True)
+  return result
