@@ -51,7 +51,7 @@ def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
   saved = checkpointer.read_state(best=best)
   step = checkpointer.best_step() if best else checkpointer.latest_step()
   checkpointer.close()
-  model, _ = train.build_model(config)
+  model, _ = train.build_model(config, load_weights=False)  # Weights: the checkpoint.
   description = f"{workdir} ({'best' if best else 'latest'} checkpoint, step {step})"
   return model, jax.tree.map(jnp.asarray, saved["params"]), description
 

@@ -223,12 +223,20 @@ def _dtype(name: str):
     raise ValueError(f"unknown dtype {name!r} in the model config.") from e
 
 
-def build_model(config) -> tuple[GPT2LMHeadModel, dict[str, Any] | None]:
-  """The model, plus HF variables when ``model.pretrained`` names a checkpoint."""
+def build_model(config, load_weights: bool = True
+                ) -> tuple[GPT2LMHeadModel, dict[str, Any] | None]:
+  """The model, plus HF variables when ``model.pretrained`` names a checkpoint (unless
+  ``load_weights`` is False: then only its architecture is read, e.g. to restore a
+  checkpoint of a fine-tuning run)."""
   model_config = config.model
   dtype, param_dtype = _dtype(model_config.dtype), _dtype(model_config.param_dtype)
   dropout = dict(embd_pdrop=model_config.dropout, attn_pdrop=model_config.dropout,
                  resid_pdrop=model_config.dropout)
+  if model_config.pretrained and not load_weights:
+    architecture = convert.pretrained_config(model_config.pretrained)
+    architecture = GPT2Config(**{**architecture.__dict__, **dropout})
+    return GPT2LMHeadModel(architecture, dtype=dtype, param_dtype=param_dtype,
+                           remat=model_config.remat), None
   if model_config.pretrained:
     source = config.loss.cost_source
     model, variables = convert.from_pretrained(

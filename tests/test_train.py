@@ -329,6 +329,21 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
   saved = checkpointing.Checkpointer(str(tmp_path / "run")).read_state()
   np.testing.assert_allclose(saved["cost"]["embeddings"], expected, rtol=1e-5, atol=1e-6)
 
+  # --mode eval on the workdir restores the checkpoint into the pretrained architecture: the
+  # pretrained weights are not needed (nor read), only its config.json.
+  os.remove(tmp_path / "pretrained" / "model.safetensors")
+  evaluation = subprocess.run(
+      command[:2] + ["--mode", "eval"] + command[2:] + [
+          "--config.eval.split=validation", "--config.eval.max_blocks=8",
+          "--config.eval.num_prompts=4", "--config.eval.batch_size=4",
+          "--config.eval.max_new_tokens=8", "--config.eval.mauve_runs=1",
+          f"--config.eval.featurizer={tmp_path / 'run' / 'hf_export'}"],
+      env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+  assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+  best = json.load(open(tmp_path / "run" / "best_metric.json"))
+  assert json.load(open(tmp_path / "run" / "eval.json"))["perplexity"] == pytest.approx(
+      best["eval/perplexity"], rel=1e-5)
+
 
 def test_two_processes_equal_one_process(tmp_path):
   """2 processes x 2 CPU devices (jax.distributed, Gloo) == 1 process x 4 devices."""

@@ -142,13 +142,18 @@ def _resolve_directory(path_or_name: str) -> str:
     ) from e
 
 
-def load_hf_tensors(directory: str) -> tuple[GPT2Config, dict[str, np.ndarray]]:
-  """Reads ``config.json`` and the first weights file found, names without prefix."""
+def load_hf_config(directory: str) -> GPT2Config:
+  """The architecture in an HF directory's ``config.json`` (no weights are read)."""
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"missing {config_path}: not an HF model directory.")
   with open(config_path) as f:
-    config = GPT2Config.from_hf_dict(json.load(f))
+    return GPT2Config.from_hf_dict(json.load(f))
+
+
+def load_hf_tensors(directory: str) -> tuple[GPT2Config, dict[str, np.ndarray]]:
+  """Reads ``config.json`` and the first weights file found, names without prefix."""
+  config = load_hf_config(directory)
   for filename, reader in _READERS.items():
     path = os.path.join(directory, filename)
     if os.path.exists(path):
@@ -182,6 +187,11 @@ def params_from_hf_tensors(config: GPT2Config, tensors: dict[str, np.ndarray],
                        f"{entry.shape} for this config.")
     flat[entry.flax_path] = jnp.asarray(value, param_dtype)
   return flax.traverse_util.unflatten_dict(flat)
+
+
+def pretrained_config(path_or_name: str) -> GPT2Config:
+  """The architecture of a local HF directory or hub name, without loading its weights."""
+  return load_hf_config(_resolve_directory(path_or_name))
 
 
 def from_pretrained(
