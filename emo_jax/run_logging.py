@@ -4,6 +4,7 @@ curves. Only process 0 writes; every other process gets a logger that does nothi
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -49,7 +50,7 @@ class RunLogger:
     width = 30
     filled = int(width * step / max(self.total_steps, 1))
     bar = "#" * filled + "-" * (width - filled)
-    eta = time.strftime("%M:%S", time.gmtime(remaining)) if remaining == remaining else "--:--"
+    eta = format_duration(remaining)
     sys.stderr.write(f"\r[{bar}] {step}/{self.total_steps} loss {loss:.4f} "
                      f"{tokens_per_second:,.0f} tok/s ETA {eta}   ")
     sys.stderr.flush()
@@ -59,6 +60,16 @@ class RunLogger:
       sys.stderr.write("\n")
       self._writer.close()
       self._jsonl.close()
+
+
+def format_duration(seconds: float) -> str:
+  """``H:MM:SS`` (``MM:SS`` under an hour; ``--:--`` when unknown): an ETA must not wrap
+  at an hour."""
+  if not math.isfinite(seconds) or seconds < 0:
+    return "--:--"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

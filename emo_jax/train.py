@@ -466,6 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    "train/grad_norm": metrics["grad_norm"],
                    "train/learning_rate": schedule(step - 1),
                    "train/tokens_per_second": tokens_per_second,
+                   "train/step_seconds": elapsed / max(step - last_step, 1),
                    "train/skipped_steps": last_logged.get("skipped", 0)}
         if phase == "main" and config.loss.name == "emo":
           scalars["train/demd"] = metrics["demd"]

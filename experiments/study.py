@@ -4,7 +4,10 @@
     python experiments/study.py run base              # 1. pretrain the MLE base model
     python experiments/study.py run finetune          # 2. corpora x objectives x seeds
     python experiments/study.py run eval              # 3. --mode eval on every run
-    python experiments/study.py report                # 4. experiments/RESULTS.md tables
+    python experiments/study.py run                   # 1-3, each point evaluated when trained
+    python experiments/study.py report                # 4. tables, figures, timings
+    python experiments/study.py report --update experiments/RESULTS.md \
+        --figures experiments/figures                 #    ... written into RESULTS.md
 
 ``run`` executes the stage's commands one after another, skips points that are finished
 (``results.json`` for training, ``eval.json`` for evaluation), resumes half-finished ones
@@ -169,6 +172,139 @@ def markdown_report(table, baseline="mle") -> str:
   return "\n".join(lines)
 
 
+def validation_curves(root, corpus, objective, seeds=SEEDS):
+  """``{step: [validation perplexity per finished seed]}`` from the runs' metrics logs."""
+  from emo_jax import run_logging  # pylint: disable=g-import-not-at-top
+  curves = {}
+  for seed in seeds:
+    workdir = run_dir(root, corpus, objective, seed)
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+      continue
+    for record in run_logging.read_metrics(workdir):
+      if "eval/perplexity" in record:
+        curves.setdefault(record["step"], []).append(record["eval/perplexity"])
+  return dict(sorted(curves.items()))
+
+
+def step_seconds(root, corpus, objective, seeds=SEEDS):
+  """Median wall-clock seconds of one optimizer step over the runs' logging intervals (the
+  first interval of each run holds the compilation and is left out); None if not logged."""
+  from emo_jax import run_logging  # pylint: disable=g-import-not-at-top
+  seconds = []
+  for seed in seeds:
+    workdir = run_dir(root, corpus, objective, seed)
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+      continue
+    logged = [r["train/step_seconds"] for r in run_logging.read_metrics(workdir)
+              if "train/step_seconds" in r]
+    seconds += logged[1:]
+  return float(np.median(seconds)) if seconds else None
+
+
+def read_timings(root):
+  """``{(stage, corpus, objective): [seconds per command]}`` from ``timings.jsonl`` (a
+  resumed command counts only its last invocation)."""
+  timings = {}
+  path = os.path.join(root, "timings.jsonl")
+  if not os.path.exists(path):
+    return timings
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      marker = os.path.relpath(record["marker"], root).split(os.sep)
+      if marker[0] == "base":
+        key = ("base", "", "")
+      else:
+        stage = {"results.json": "finetune", "eval.json": "eval"}[marker[-1]]
+        key = (stage, marker[0], marker[1])
+      timings.setdefault(key, []).append(record["seconds"])
+  return timings
+
+
+def timings_report(root, table) -> str:
+  """Markdown: wall-clock of each stage, per corpus and objective."""
+  timings = read_timings(root)
+  lines = ["| stage | corpus | objective | runs | minutes per run | s per optimizer step |",
+           "|---|---|---|---:|---:|---:|"]
+  if ("base", "", "") in timings:
+    minutes = np.sum(timings[("base", "", "")]) / 60
+    lines.append(f"| base | wikitext2+ptb | mle | 1 | {minutes:.1f} | |")
+  for corpus, objectives in table.items():
+    for objective in objectives:
+      for stage in ("finetune", "eval"):
+        runs = timings.get((stage, corpus, objective), [])
+        if not runs:
+          continue
+        per_step = step_seconds(root, corpus, objective) if stage == "finetune" else None
+        lines.append(f"| {stage} | {corpus} | {objective} | {len(runs)} | "
+                     f"{np.mean(runs) / 60:.1f} | "
+                     + (f"{per_step:.2f} |" if per_step is not None else "|"))
+  return "\n".join(lines)
+
+
+def plot_corpus(root, corpus, objectives, out_dir) -> str:
+  """One PNG per corpus: MAUVE per objective (mean, std error bar, one dot per seed) and the
+  validation perplexity curves (mean over seeds, min-max band)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+  names = list(objectives)
+  for i, name in enumerate(names):
+    values = objectives[name]["MAUVE"]
+    bars.bar(i, np.mean(values), yerr=np.std(values), capsize=4, color=f"C{i}", alpha=0.7)
+    bars.plot([i] * len(values), values, "k.", markersize=5)
+    steps_to_values = validation_curves(root, corpus, name, objectives[name]["seeds"])
+    if steps_to_values:
+      steps = list(steps_to_values)
+      mean = [np.mean(v) for v in steps_to_values.values()]
+      curves.plot(steps, mean, marker="o", color=f"C{i}", label=name)
+      curves.fill_between(steps, [min(v) for v in steps_to_values.values()],
+                          [max(v) for v in steps_to_values.values()], color=f"C{i}",
+                          alpha=0.15)
+  bars.set_xticks(range(len(names)), names)
+  bars.set_ylabel("MAUVE (mean ± std over seeds)")
+  bars.set_title(f"{corpus}: MAUVE")
+  curves.set_xlabel("fine-tuning step")
+  curves.set_ylabel("validation perplexity")
+  curves.set_title(f"{corpus}: validation perplexity (mean, min-max)")
+  curves.legend()
+  fig.tight_layout()
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"study_{corpus}.png")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+
+
+def update_between_markers(path, text):
+  """Replace what sits between ``BEGIN`` and ``END`` in ``path`` (both must be there)."""
+  with open(path) as f:
+    document = f.read()
+  if BEGIN not in document or END not in document:
+    raise ValueError(f"{path} lacks the markers {BEGIN} ... {END} that the report replaces.")
+  head, rest = document.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  with open(path, "w") as f:
+    f.write(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}")
+
+
+def full_report(root, table, figures_dir=None, relative_to=None) -> str:
+  """Tables, figure links and timings: what ``report`` prints or writes into RESULTS.md."""
+  parts = [markdown_report(table)]
+  if figures_dir:
+    for corpus, objectives in table.items():
+      path = plot_corpus(root, corpus, objectives, figures_dir)
+      link = os.path.relpath(path, relative_to) if relative_to else path
+      parts.append(f"![{corpus}]({link})\n")
+  parts += ["### Wall-clock", "", timings_report(root, table), ""]
+  return "\n".join(parts)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("action", choices=["commands", "run", "report"])
@@ -178,6 +314,9 @@ def main(argv=None):
   parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES),
                       choices=list(OBJECTIVES))
   parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+  parser.add_argument("--figures", help="report: write one PNG per corpus into this folder")
+  parser.add_argument("--update", help="report: write into this file between the markers "
+                      f"{BEGIN} and {END} instead of printing")
   argv = sys.argv[1:] if argv is None else list(argv)
   # Everything after "--" goes to main.py (argparse cannot take it after the grid options).
   extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -185,16 +324,28 @@ def main(argv=None):
   grid = dict(corpora=args.corpora, objectives=args.objectives, seeds=args.seeds,
               extra=extra)
   if args.action == "report":
-    print(markdown_report(collect(args.root, args.corpora, args.objectives, args.seeds)))
-    return
-  stages = [args.stage] if args.stage else ["base", "finetune", "eval"]
-  for stage in stages:
-    commands = stage_commands(stage, args.root, **grid)
-    if args.action == "commands":
-      for command, _ in commands:
-        print(shlex.join(command))
+    table = collect(args.root, args.corpora, args.objectives, args.seeds)
+    relative_to = os.path.dirname(os.path.abspath(args.update)) if args.update else None
+    text = full_report(args.root, table, args.figures, relative_to)
+    if args.update:
+      update_between_markers(args.update, text)
     else:
-      run_stage(commands, args.root)
+      print(text)
+    return
+  if args.stage:
+    commands = stage_commands(args.stage, args.root, **grid)
+  else:
+    # Everything: the base, then each grid point fine-tuned and at once evaluated, so an
+    # interrupted study leaves finished, reportable points rather than unevaluated runs.
+    points = zip(stage_commands("finetune", args.root, **grid),
+                 stage_commands("eval", args.root, **grid))
+    commands = stage_commands("base", args.root, extra=extra) + [
+        command for point in points for command in point]
+  if args.action == "commands":
+    for command, _ in commands:
+      print(shlex.join(command))
+  else:
+    run_stage(commands, args.root)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,50 @@ def test_study_passes_overrides_after_double_dash(capsys):
               "--seeds", "0", "--", "--config.train.num_steps=4"])
   (line,) = capsys.readouterr().out.strip().splitlines()
   assert line.endswith("--config.train.num_steps=4") and "--config.data.corpus=ag_news" in line
+
+
+def test_study_report_writes_figures_timings_and_results_file(tmp_path):
+  root = tmp_path / "study"
+  for seed in range(2):
+    for objective, mauve in (("mle", 0.5), ("emo", 0.7)):
+      _write_eval(root, objective, seed, mauve + 0.01 * seed, 30.0)
+      workdir = study.run_dir(str(root), "ag_news", objective, seed)
+      records = [{"step": 10, "train/loss": 3.0, "train/step_seconds": 9.0},  # Compiles.
+                 {"step": 20, "train/loss": 2.9, "train/step_seconds": 1.0 + seed},
+                 {"step": 25, "eval/perplexity": 40.0 - seed},
+                 {"step": 50, "eval/perplexity": 35.0 - seed}]
+      with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+      with open(root / "timings.jsonl", "a") as f:
+        for marker, seconds in (("results.json", 120.0), ("eval.json", 60.0 * (1 + seed))):
+          f.write(json.dumps({"marker": os.path.join(workdir, marker),
+                              "seconds": seconds}) + "\n")
+  assert study.validation_curves(str(root), "ag_news", "emo") == {25: [40.0, 39.0],
+                                                                  50: [35.0, 34.0]}
+  assert study.step_seconds(str(root), "ag_news", "mle") == 1.5  # Median of 1 and 2, not 9.
+  results = tmp_path / "RESULTS.md"
+  results.write_text(f"# Results\nintro\n{study.BEGIN}\nold tables\n{study.END}\noutro\n")
+  study.main(["report", "--root", str(root), "--corpora", "ag_news", "--objectives", "mle",
+              "emo", "--seeds", "0", "1", "--figures", str(tmp_path / "figures"),
+              "--update", str(results)])
+  text = results.read_text()
+  assert text.startswith("# Results\nintro\n") and text.endswith(f"{study.END}\noutro\n")
+  assert "old tables" not in text and "| emo | 2 |" in text
+  assert "![ag_news](figures/study_ag_news.png)" in text
+  assert (tmp_path / "figures" / "study_ag_news.png").stat().st_size > 10_000
+  assert "| finetune | ag_news | mle | 2 | 2.0 | 1.50 |" in text
+  assert "| eval | ag_news | emo | 2 | 1.5 |" in text
+  results.write_text("no markers")
+  with pytest.raises(ValueError, match="lacks the markers"):
+    study.update_between_markers(str(results), "x")
+
+
+def test_study_run_everything_evaluates_each_point_right_after_training(capsys):
+  study.main(["commands", "--corpora", "ag_news", "--objectives", "mle", "emo",
+              "--seeds", "0"])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 5 and "study_base.py" in lines[0]
+  kinds = ["eval" if "--mode eval" in line else "train" for line in lines[1:]]
+  objectives = ["emo" if "loss.name=emo" in line else "mle" for line in lines[1:]]
+  assert kinds == ["train", "eval", "train", "eval"]
+  assert objectives == ["mle", "mle", "emo", "emo"]

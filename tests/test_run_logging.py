@@ -1,0 +1,34 @@
+"""The run logger's pieces that people read: the progress line's ETA and the metric log."""
+
+import json
+import math
+
+import pytest
+
+from emo_jax import run_logging
+
+
+@pytest.mark.parametrize("seconds, expected", [
+    (0.0, "00:00"),
+    (59.4, "00:59"),
+    (61.0, "01:01"),
+    (3599.0, "59:59"),
+    (3600.0, "1:00:00"),  # Used to print "00:00": the hours were dropped.
+    (6680.0, "1:51:20"),
+    (90061.0, "25:01:01"),
+    (math.nan, "--:--"),
+    (math.inf, "--:--"),
+    (-1.0, "--:--"),
+])
+def test_format_duration(seconds, expected):
+  assert run_logging.format_duration(seconds) == expected
+
+
+def test_read_metrics_keeps_the_last_record_of_a_rewritten_step(tmp_path):
+  records = [{"step": 10, "train/loss": 3.0}, {"step": 20, "train/loss": 2.0},
+             {"step": 20, "eval/perplexity": 9.0},
+             {"step": 20, "train/loss": 2.5}]  # Resumed run recomputed step 20.
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  got = run_logging.read_metrics(str(tmp_path))
+  assert [r["step"] for r in got] == [10, 20, 20]
+  assert {"step": 20, "train/loss": 2.5} in got and {"step": 20, "train/loss": 2.0} not in got
