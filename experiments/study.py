@@ -295,7 +295,11 @@ def update_between_markers(path, text):
 
 def full_report(root, table, figures_dir=None, relative_to=None) -> str:
   """Tables, figure links and timings: what ``report`` prints or writes into RESULTS.md."""
-  parts = [markdown_report(table)]
+  finished = sum(len(values["seeds"]) for objectives in table.values()
+                 for values in objectives.values())
+  full_grid = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
+  parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", "",
+           markdown_report(table)]
   if figures_dir:
     for corpus, objectives in table.items():
       path = plot_corpus(root, corpus, objectives, figures_dir)

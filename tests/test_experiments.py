@@ -134,6 +134,7 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
   text = results.read_text()
   assert text.startswith("# Results\nintro\n") and text.endswith(f"{study.END}\noutro\n")
   assert "old tables" not in text and "| emo | 2 |" in text
+  assert "Evaluated grid points: **4 of 45**" in text
   assert "![ag_news](figures/study_ag_news.png)" in text
   assert (tmp_path / "figures" / "study_ag_news.png").stat().st_size > 10_000
   assert "| finetune | ag_news | mle | 2 | 2.0 | 1.50 |" in text
