@@ -473,6 +473,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logger.write(step, scalars)
         logger.progress(step, float(metrics["loss"]), tokens_per_second)
         last_time, last_step = time.time(), step
+      paused_at = time.time()  # Evaluation and saving do not count as step time.
       if step % config.train.eval_every == 0 or step == total_steps:
         perplexity = metrics_lib.perplexity(eval_fn, state.params, data.eval_blocks,
                                                 config.train.batch_size, mesh)
@@ -485,6 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               json.dump({"step": step, "eval/perplexity": perplexity}, f)
       if step % config.train.save_every == 0 or step == total_steps or preemption.requested:
         checkpointer.save(step, state, {"train": data.train.get_state()})
+      last_time += time.time() - paused_at
       if preemption.requested:
         logging.warning("SIGTERM: saved step %d to %s; exiting.", step,
                         checkpointer.describe_latest())

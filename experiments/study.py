@@ -187,17 +187,22 @@ def validation_curves(root, corpus, objective, seeds=SEEDS):
 
 
 def step_seconds(root, corpus, objective, seeds=SEEDS):
-  """Median wall-clock seconds of one optimizer step over the runs' logging intervals (the
-  first interval of each run holds the compilation and is left out); None if not logged."""
+  """Median wall-clock seconds of one optimizer step over the runs' logging intervals; None
+  if not logged. Left out: each run's first interval (it holds the compilation) and, for logs
+  written before the trainer stopped counting them, intervals that contain an evaluation."""
   from emo_jax import run_logging  # pylint: disable=g-import-not-at-top
   seconds = []
   for seed in seeds:
     workdir = run_dir(root, corpus, objective, seed)
     if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
       continue
-    logged = [r["train/step_seconds"] for r in run_logging.read_metrics(workdir)
+    records = run_logging.read_metrics(workdir)
+    eval_steps = [r["step"] for r in records if "eval/perplexity" in r]
+    logged = [(r["step"], r["train/step_seconds"]) for r in records
               if "train/step_seconds" in r]
-    seconds += logged[1:]
+    for (previous, _), (step, value) in zip(logged, logged[1:]):
+      if not any(previous <= e < step for e in eval_steps):
+        seconds.append(value)
   return float(np.median(seconds)) if seconds else None
 
 

@@ -116,6 +116,8 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
       records = [{"step": 10, "train/loss": 3.0, "train/step_seconds": 9.0},  # Compiles.
                  {"step": 20, "train/loss": 2.9, "train/step_seconds": 1.0 + seed},
                  {"step": 25, "eval/perplexity": 40.0 - seed},
+                 {"step": 30, "train/loss": 2.8, "train/step_seconds": 50.0},  # Holds eval 25.
+                 {"step": 40, "train/loss": 2.7, "train/step_seconds": 1.0 + seed},
                  {"step": 50, "eval/perplexity": 35.0 - seed}]
       with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
@@ -125,7 +127,8 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
                               "seconds": seconds}) + "\n")
   assert study.validation_curves(str(root), "ag_news", "emo") == {25: [40.0, 39.0],
                                                                   50: [35.0, 34.0]}
-  assert study.step_seconds(str(root), "ag_news", "mle") == 1.5  # Median of 1 and 2, not 9.
+  # Median of 1, 1, 2, 2: neither the compiling interval (9) nor the one with an eval (50).
+  assert study.step_seconds(str(root), "ag_news", "mle") == 1.5
   results = tmp_path / "RESULTS.md"
   results.write_text(f"# Results\nintro\n{study.BEGIN}\nold tables\n{study.END}\noutro\n")
   study.main(["report", "--root", str(root), "--corpora", "ag_news", "--objectives", "mle",
