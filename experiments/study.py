@@ -172,15 +172,20 @@ def markdown_report(table, baseline="mle") -> str:
   return "\n".join(lines)
 
 
-def validation_curves(root, corpus, objective, seeds=SEEDS):
-  """``{step: [validation perplexity per finished seed]}`` from the runs' metrics logs."""
+def _run_metrics(root, corpus, objective, seeds):
+  """Each finished seed's ``metrics.jsonl`` records (runs without a log are skipped)."""
   from emo_jax import run_logging  # pylint: disable=g-import-not-at-top
-  curves = {}
   for seed in seeds:
     workdir = run_dir(root, corpus, objective, seed)
-    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-      continue
-    for record in run_logging.read_metrics(workdir):
+    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+      yield run_logging.read_metrics(workdir)
+
+
+def validation_curves(root, corpus, objective, seeds=SEEDS):
+  """``{step: [validation perplexity per finished seed]}`` from the runs' metrics logs."""
+  curves = {}
+  for records in _run_metrics(root, corpus, objective, seeds):
+    for record in records:
       if "eval/perplexity" in record:
         curves.setdefault(record["step"], []).append(record["eval/perplexity"])
   return dict(sorted(curves.items()))
@@ -190,13 +195,8 @@ def step_seconds(root, corpus, objective, seeds=SEEDS):
   """Median wall-clock seconds of one optimizer step over the runs' logging intervals; None
   if not logged. Left out: each run's first interval (it holds the compilation) and, for logs
   written before the trainer stopped counting them, intervals that contain an evaluation."""
-  from emo_jax import run_logging  # pylint: disable=g-import-not-at-top
   seconds = []
-  for seed in seeds:
-    workdir = run_dir(root, corpus, objective, seed)
-    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-      continue
-    records = run_logging.read_metrics(workdir)
+  for records in _run_metrics(root, corpus, objective, seeds):
     eval_steps = [r["step"] for r in records if "eval/perplexity" in r]
     logged = [(r["step"], r["train/step_seconds"]) for r in records
               if "train/step_seconds" in r]
