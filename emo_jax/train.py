@@ -232,19 +232,16 @@ def build_model(config, load_weights: bool = True
   dtype, param_dtype = _dtype(model_config.dtype), _dtype(model_config.param_dtype)
   dropout = dict(embd_pdrop=model_config.dropout, attn_pdrop=model_config.dropout,
                  resid_pdrop=model_config.dropout)
-  if model_config.pretrained and not load_weights:
-    architecture = convert.pretrained_config(model_config.pretrained)
-    architecture = GPT2Config(**{**architecture.__dict__, **dropout})
-    return GPT2LMHeadModel(architecture, dtype=dtype, param_dtype=param_dtype,
-                           remat=model_config.remat), None
-  if model_config.pretrained:
-    source = config.loss.cost_source
-    model, variables = convert.from_pretrained(
+  if model_config.pretrained and load_weights:
+    return convert.from_pretrained(
         model_config.pretrained, dtype=dtype, param_dtype=param_dtype,
-        cost_embeddings=source, remat=model_config.remat, **dropout)
-    return model, variables
-  gpt2_config = GPT2Config.preset(model_config.preset, n_positions=model_config.n_positions,
-                                  **dropout)
+        cost_embeddings=config.loss.cost_source, remat=model_config.remat, **dropout)
+  if model_config.pretrained:
+    architecture = convert.pretrained_config(model_config.pretrained)
+    gpt2_config = GPT2Config(**{**architecture.__dict__, **dropout})
+  else:
+    gpt2_config = GPT2Config.preset(model_config.preset, n_positions=model_config.n_positions,
+                                    **dropout)
   return GPT2LMHeadModel(gpt2_config, dtype=dtype, param_dtype=param_dtype,
                          remat=model_config.remat), None
 
