@@ -29,9 +29,12 @@ def main(argv):
   # Orbax reports every save and restore through absl at INFO; keep the console readable.
   logging.getLogger("absl").setLevel(logging.WARNING)
   if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if results.get("preempted"):  # Saved, not finished: callers must not treat it as done.
+      return train.PREEMPTED_EXIT_CODE
   else:
     evaluate.evaluate_and_report(FLAGS.config, FLAGS.workdir)
+  return 0
 
 
 if __name__ == "__main__":

@@ -347,6 +347,12 @@ def _to_micro_batches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.
 # ----------------------------------------------------------------------------------------
 
 
+# What ``main.py`` exits with after SIGTERM saved a checkpoint: the shell's "terminated by
+# SIGTERM" status, so a scheduler or a driver script (experiments/study.py) sees an unfinished
+# run, not a finished one, and a rerun resumes it.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after each step (then saves and exits)."""
 

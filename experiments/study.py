@@ -39,6 +39,9 @@ OBJECTIVES = {
     "mixce": ["--config.loss.name=mixce"],
 }
 SEEDS = (0, 1, 2)
+# timings.jsonl records written before the driver logged cores ran unpinned on the 2-core
+# machine every study run so far used.
+UNRECORDED_CORES = 2
 # Metric name in the report -> (path into eval.json, higher is better).
 METRICS = {
     "perplexity": (("perplexity",), False),
@@ -90,9 +93,12 @@ def run_stage(commands, root):
       continue
     print(shlex.join(command), flush=True)
     start = time.time()
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True)  # A preempted training run exits non-zero.
+    if not os.path.exists(done):
+      raise RuntimeError(f"{shlex.join(command)} exited 0 but did not write {done}.")
     with open(os.path.join(root, "timings.jsonl"), "a") as f:
-      f.write(json.dumps({"marker": done, "seconds": time.time() - start}) + "\n")
+      f.write(json.dumps({"marker": done, "seconds": time.time() - start,
+                          "cores": len(os.sched_getaffinity(0))}) + "\n")
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,8 +213,12 @@ def step_seconds(root, corpus, objective, seeds=SEEDS):
 
 
 def read_timings(root):
-  """``{(stage, corpus, objective): [seconds per command]}`` from ``timings.jsonl`` (a
-  resumed command counts only its last invocation)."""
+  """``{(stage, corpus, objective, cores): {seed: seconds}}`` from ``timings.jsonl``.
+
+  ``cores`` is how many CPU cores the command could use (``taskset`` narrows it; records
+  written before it was logged ran unpinned on the 2-core study machine). A resumed command
+  counts only its last invocation. The base model's key is ``("base", "", "", cores)``.
+  """
   timings = {}
   path = os.path.join(root, "timings.jsonl")
   if not os.path.exists(path):
@@ -217,33 +227,36 @@ def read_timings(root):
     for line in f:
       record = json.loads(line)
       marker = os.path.relpath(record["marker"], root).split(os.sep)
+      cores = record.get("cores", UNRECORDED_CORES)
       if marker[0] == "base":
-        key = ("base", "", "")
+        key, seed = ("base", "", "", cores), 0
       else:
         stage = {"results.json": "finetune", "eval.json": "eval"}[marker[-1]]
-        key = (stage, marker[0], marker[1])
-      timings.setdefault(key, []).append(record["seconds"])
+        key, seed = (stage, marker[0], marker[1], cores), int(marker[2].removeprefix("seed"))
+      timings.setdefault(key, {})[seed] = record["seconds"]
   return timings
 
 
 def timings_report(root, table) -> str:
   """Markdown: wall-clock of each stage, per corpus and objective."""
   timings = read_timings(root)
-  lines = ["| stage | corpus | objective | runs | minutes per run | s per optimizer step |",
-           "|---|---|---|---:|---:|---:|"]
-  if ("base", "", "") in timings:
-    minutes = np.sum(timings[("base", "", "")]) / 60
-    lines.append(f"| base | wikitext2+ptb | mle | 1 | {minutes:.1f} | |")
+  lines = ["| stage | corpus | objective | cores | runs | minutes per run | "
+           "s per optimizer step |",
+           "|---|---|---|---:|---:|---:|---:|"]
+  for (stage, _, _, cores), runs in sorted(timings.items()):
+    if stage == "base":
+      minutes = sum(runs.values()) / 60
+      lines.append(f"| base | wikitext2+ptb | mle | {cores} | 1 | {minutes:.1f} | |")
   for corpus, objectives in table.items():
     for objective in objectives:
       for stage in ("finetune", "eval"):
-        runs = timings.get((stage, corpus, objective), [])
-        if not runs:
-          continue
-        per_step = step_seconds(root, corpus, objective) if stage == "finetune" else None
-        lines.append(f"| {stage} | {corpus} | {objective} | {len(runs)} | "
-                     f"{np.mean(runs) / 60:.1f} | "
-                     + (f"{per_step:.2f} |" if per_step is not None else "|"))
+        for cores in sorted({k[3] for k in timings if k[:3] == (stage, corpus, objective)}):
+          runs = timings[(stage, corpus, objective, cores)]
+          per_step = (step_seconds(root, corpus, objective, seeds=sorted(runs))
+                      if stage == "finetune" else None)
+          lines.append(f"| {stage} | {corpus} | {objective} | {cores} | {len(runs)} | "
+                       f"{np.mean(list(runs.values())) / 60:.1f} | "
+                       + (f"{per_step:.2f} |" if per_step is not None else "|"))
   return "\n".join(lines)
 
 

@@ -123,8 +123,10 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
         f.writelines(json.dumps(r) + "\n" for r in records)
       with open(root / "timings.jsonl", "a") as f:
         for marker, seconds in (("results.json", 120.0), ("eval.json", 60.0 * (1 + seed))):
-          f.write(json.dumps({"marker": os.path.join(workdir, marker),
-                              "seconds": seconds}) + "\n")
+          record = {"marker": os.path.join(workdir, marker), "seconds": seconds}
+          if seed == 1:  # Pinned to one core; seed 0's records predate the field (2 cores).
+            record["cores"] = 1
+          f.write(json.dumps(record) + "\n")
   assert study.validation_curves(str(root), "ag_news", "emo") == {25: [40.0, 39.0],
                                                                   50: [35.0, 34.0]}
   # Median of 1, 1, 2, 2: neither the compiling interval (9) nor the one with an eval (50).
@@ -140,8 +142,11 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
   assert "Evaluated grid points: **4 of 45**" in text
   assert "![ag_news](figures/study_ag_news.png)" in text
   assert (tmp_path / "figures" / "study_ag_news.png").stat().st_size > 10_000
-  assert "| finetune | ag_news | mle | 2 | 2.0 | 1.50 |" in text
-  assert "| eval | ag_news | emo | 2 | 1.5 |" in text
+  # One row per core count, each with its own seeds' step times.
+  assert "| finetune | ag_news | mle | 2 | 1 | 2.0 | 1.00 |" in text
+  assert "| finetune | ag_news | mle | 1 | 1 | 2.0 | 2.00 |" in text
+  assert "| eval | ag_news | emo | 2 | 1 | 1.0 |" in text
+  assert "| eval | ag_news | emo | 1 | 1 | 2.0 |" in text
   results.write_text("no markers")
   with pytest.raises(ValueError, match="lacks the markers"):
     study.update_between_markers(str(results), "x")
@@ -156,3 +161,14 @@ def test_study_run_everything_evaluates_each_point_right_after_training(capsys):
   objectives = ["emo" if "loss.name=emo" in line else "mle" for line in lines[1:]]
   assert kinds == ["train", "eval", "train", "eval"]
   assert objectives == ["mle", "mle", "emo", "emo"]
+
+
+def test_study_run_stage_logs_seconds_and_cores(tmp_path):
+  done = tmp_path / "point" / "results.json"
+  command = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
+  done.parent.mkdir()
+  study.run_stage([(command, str(done))], str(tmp_path))
+  study.run_stage([(command, str(done))], str(tmp_path))  # Done already: not run again.
+  (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
+  assert record["marker"] == str(done) and record["seconds"] >= 0
+  assert record["cores"] == len(os.sched_getaffinity(0))

@@ -137,9 +137,11 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path,
     assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted_losses):
+def test_sigterm_saves_the_current_step_and_exits_unfinished(tmp_path, uninterrupted_losses):
   returncode, output = interrupt_at_step(tmp_path, signal.SIGTERM, 25)
-  assert returncode == 0, output[-3000:]
+  # Not 0: a driver must not take a preempted run for a finished one (and evaluate it).
+  assert returncode == train.PREEMPTED_EXIT_CODE == 143, output[-3000:]
+  assert "Traceback" not in output and not (tmp_path / "results.json").exists()
   last = max(losses_by_step(tmp_path))
   assert 25 <= last < 60, "the run was not stopped mid-run"
   from emo_jax import checkpointing  # pylint: disable=g-import-not-at-top
