@@ -223,17 +223,20 @@ def read_timings(root):
   path = os.path.join(root, "timings.jsonl")
   if not os.path.exists(path):
     return timings
+  latest = {}  # A command rerun after its marker was deleted: its latest record only.
   with open(path) as f:
     for line in f:
       record = json.loads(line)
-      marker = os.path.relpath(record["marker"], root).split(os.sep)
-      cores = record.get("cores", UNRECORDED_CORES)
-      if marker[0] == "base":
-        key, seed = ("base", "", "", cores), 0
-      else:
-        stage = {"results.json": "finetune", "eval.json": "eval"}[marker[-1]]
-        key, seed = (stage, marker[0], marker[1], cores), int(marker[2].removeprefix("seed"))
-      timings.setdefault(key, {})[seed] = record["seconds"]
+      latest[record["marker"]] = record
+  for record in latest.values():
+    marker = os.path.relpath(record["marker"], root).split(os.sep)
+    cores = record.get("cores", UNRECORDED_CORES)
+    if marker[0] == "base":
+      key, seed = ("base", "", "", cores), 0
+    else:
+      stage = {"results.json": "finetune", "eval.json": "eval"}[marker[-1]]
+      key, seed = (stage, marker[0], marker[1], cores), int(marker[2].removeprefix("seed"))
+    timings.setdefault(key, {})[seed] = record["seconds"]
   return timings
 
 

@@ -172,3 +172,11 @@ def test_study_run_stage_logs_seconds_and_cores(tmp_path):
   (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   assert record["marker"] == str(done) and record["seconds"] >= 0
   assert record["cores"] == len(os.sched_getaffinity(0))
+
+
+def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
+  marker = study.run_dir(str(tmp_path), "ag_news", "emo", 2) + "/results.json"
+  with open(tmp_path / "timings.jsonl", "w") as f:
+    f.write(json.dumps({"marker": marker, "seconds": 60.0}) + "\n")  # Predates "cores".
+    f.write(json.dumps({"marker": marker, "seconds": 30.0, "cores": 1}) + "\n")
+  assert study.read_timings(str(tmp_path)) == {("finetune", "ag_news", "emo", 1): {2: 30.0}}
