@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import study  # The study's corpora and layout (this script's folder is on sys.path).
+
+sys.path.insert(0, study.REPO)
 
 from configs import study_finetune  # pylint: disable=g-import-not-at-top,wrong-import-position
 from emo_jax import input_pipeline, losses, train  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -31,7 +32,8 @@ from emo_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--base", default=os.path.join(REPO, "workdirs/study/base/hf_export"))
+  parser.add_argument("--base", default=os.path.join(study.REPO, "workdirs", "study", "base",
+                                                     "hf_export"))
   parser.add_argument("--blocks", type=int, default=32, help="random training blocks a corpus")
   args = parser.parse_args(argv)
   model, variables = convert.from_pretrained(args.base, cost_embeddings="adaptive")
@@ -50,7 +52,7 @@ def main(argv=None):
             jnp.mean(1.0 - unit[targets] @ mean_unit))
 
   print("| corpus | base CE | base DEMD | uniform DEMD | uniform CE |\n|---|---:|---:|---:|---:|")
-  for corpus in ("wikitext2_raw_carved", "ag_news", "tiny_shakespeare"):
+  for corpus in study.CORPORA:
     config = study_finetune.get_config()
     config.data.corpus = corpus
     blocks = input_pipeline.tokenize_and_pack(train.read_documents(config.data, "train"),

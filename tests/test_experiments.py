@@ -172,6 +172,9 @@ def test_study_run_stage_logs_seconds_and_cores(tmp_path):
   (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   assert record["marker"] == str(done) and record["seconds"] >= 0
   assert record["cores"] == len(os.sched_getaffinity(0))
+  missing = tmp_path / "other" / "eval.json"  # Exits 0 without writing its marker.
+  with pytest.raises(RuntimeError, match="did not write"):
+    study.run_stage([([sys.executable, "-c", "pass"], str(missing))], str(tmp_path))
 
 
 def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
