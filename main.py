@@ -1,7 +1,9 @@
 """Command line: ``python main.py --config configs/default.py --workdir DIR [--mode ...]``.
 
 ``--mode train`` trains (or resumes) in the workdir; ``--mode eval`` evaluates the workdir's
-best checkpoint, or the HF directory in ``--config.eval.model``, and writes eval.json/eval.md.
+best checkpoint, or the HF directory in ``--config.eval.model``, and writes eval.json/eval.md;
+``--mode score`` adds MAUVE/ROUGE/repetition to an evaluation run with
+``--config.eval.text_metrics=False``, from its generations.jsonl.
 
 Flags only; everything else lives in ``emo_jax``. Override any config field with
 ``--config.section.field=value``; an unknown field is an error naming it.
@@ -18,7 +20,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "score"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,8 +34,10 @@ def main(argv):
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if results.get("preempted"):  # Saved, not finished: callers must not treat it as done.
       return train.PREEMPTED_EXIT_CODE
-  else:
+  elif FLAGS.mode == "eval":
     evaluate.evaluate_and_report(FLAGS.config, FLAGS.workdir)
+  else:
+    evaluate.score_generations(FLAGS.config, FLAGS.workdir)
   return 0
 
 

@@ -118,6 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.featurizer = "minilm"
   config.eval.mauve_runs = 5  # k-means seeds; mean ± std reported.
   config.eval.mauve_scaling = 5.0  # MAUVE's c.
+  # False: perplexity and generations.jsonl only; `--mode score` adds MAUVE/ROUGE/repetition
+  # later (e.g. on a CPU host with the featurizer, after generating on an accelerator).
+  config.eval.text_metrics = True
   # Reference ("oracle") HF GPT-2 directory for the oracle perplexity of generations and the
   # distribution measures (forward/reverse CE, TVD, reverse KL); '' skips them.
   config.eval.reference_model = ""

@@ -10,8 +10,13 @@ directory, or else the best checkpoint in ``workdir``), then
    n-gram repetition of model and human text; with ``eval.reference_model``, the oracle
    perplexity of the generations and the distribution measures against the reference;
 
-and writes ``eval.json`` and ``eval.md`` into the workdir. Generation and MAUVE run in one
-process (a mesh over its local devices); perplexity is multi-process safe.
+and writes ``eval.json``, ``eval.md`` and ``generations.jsonl`` (one prompt per line: prefix,
+model and human continuation) into the workdir. Generation and MAUVE run in one process (a
+mesh over its local devices); perplexity is multi-process safe.
+
+With ``eval.text_metrics=False`` step 3 is left out: a GPU host without the MAUVE featurizer
+generates, and ``score_generations`` (``main.py --mode score``) adds the text metrics later,
+anywhere, from ``generations.jsonl``. Both paths compute the same numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from emo_jax import sharding
 from emo_jax import train
 from emo_jax.models import convert
 from emo_jax.tokenizer import load_tokenizer
+
+GENERATIONS = "generations.jsonl"  # Next to eval.json: what --mode score reads.
 
 
 def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
@@ -119,20 +126,14 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   timings["generation_s"] = time.time() - start
   results["num_prompts"] = len(prompt_set)
 
-  start = time.time()
-  featurizer = metrics.make_featurizer(eval_config.featurizer)
-  human_features = featurizer(humans)
-  model_features = featurizer(continuations)
-  results["mauve"] = metrics.mauve(human_features, model_features, runs=eval_config.mauve_runs,
-                                   seed=config.seed, scaling_factor=eval_config.mauve_scaling)
-  results["mauve"]["featurizer"] = featurizer.name
-  timings["mauve_s"] = time.time() - start
-
-  results["rouge"] = metrics.rouge(continuations, humans)
-  results["repetition"] = {
-      f"rep-{n}": {"model": metrics.repetition([c.split() for c in continuations], n),
-                   "human": metrics.repetition([h.split() for h in humans], n)}
-      for n in (1, 2, 3, 4)}
+  with open(os.path.join(workdir, GENERATIONS), "w") as f:
+    for prompt, continuation in zip(prompt_set, continuations):
+      f.write(json.dumps({"prefix": prompt.prefix, "model": continuation,
+                          "human": prompt.continuation}) + "\n")
+  if eval_config.text_metrics:
+    start = time.time()
+    results.update(score_text(continuations, humans, eval_config, config.seed))
+    timings["mauve_s"] = time.time() - start
 
   if eval_config.reference_model:
     start = time.time()
@@ -152,29 +153,79 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   for example in results["examples"]:
     print(f"\n--- prefix: {example['prefix']!r}\n    model:  {example['model']!r}\n"
           f"    human:  {example['human']!r}")
+  _write_results(results, workdir)
+  return results
+
+
+def score_text(continuations: list[str], humans: list[str],
+               eval_config: ml_collections.ConfigDict, seed: int) -> dict[str, Any]:
+  """MAUVE (``eval.featurizer``, ``eval.mauve_runs`` k-means seeds from ``seed``), ROUGE-1/2/L
+  against the human continuations and n-gram repetition of both sides."""
+  featurizer = metrics.make_featurizer(eval_config.featurizer)
+  human_features = featurizer(humans)
+  model_features = featurizer(continuations)
+  mauve = metrics.mauve(human_features, model_features, runs=eval_config.mauve_runs, seed=seed,
+                        scaling_factor=eval_config.mauve_scaling)
+  mauve["featurizer"] = featurizer.name
+  return {
+      "mauve": mauve,
+      "rouge": metrics.rouge(continuations, humans),
+      "repetition": {
+          f"rep-{n}": {"model": metrics.repetition([c.split() for c in continuations], n),
+                       "human": metrics.repetition([h.split() for h in humans], n)}
+          for n in (1, 2, 3, 4)},
+  }
+
+
+def score_generations(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """``--mode score``: adds :func:`score_text`'s metrics to the ``eval.json`` that an
+  ``eval.text_metrics=False`` evaluation wrote, from its ``generations.jsonl``."""
+  paths = {name: os.path.join(workdir, name) for name in ("eval.json", GENERATIONS)}
+  for path in paths.values():
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is missing: run --mode eval on {workdir} first.")
+  with open(paths["eval.json"]) as f:
+    results = json.load(f)
+  with open(paths[GENERATIONS]) as f:
+    generations = [json.loads(line) for line in f]
+  if len(generations) != results["num_prompts"]:
+    raise ValueError(f"{paths[GENERATIONS]} has {len(generations)} generations but eval.json "
+                     f"says {results['num_prompts']} prompts: the files are from different "
+                     "evaluations.")
+  start = time.time()
+  results.update(score_text([g["model"] for g in generations],
+                            [g["human"] for g in generations], config.eval, config.seed))
+  results.setdefault("timings", {})["mauve_s"] = time.time() - start
+  _write_results(results, workdir)
+  return results
+
+
+def _write_results(results: dict[str, Any], workdir: str) -> None:
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(results, f, indent=2)
   with open(os.path.join(workdir, "eval.md"), "w") as f:
     f.write(markdown_table(results))
   print("\n" + markdown_table(results))
-  return results
 
 
 def markdown_table(results: dict[str, Any]) -> str:
   """A one-row Markdown summary of :func:`evaluate_and_report`'s results."""
-  mauve = results["mauve"]
-  columns = {
-      "perplexity": f"{results['perplexity']:.2f}",
-      "MAUVE": f"{mauve['mean']:.3f} ± {mauve['std']:.3f}",
-      "ROUGE-1/2/L": "/".join(f"{results['rouge'][k]:.3f}"
-                              for k in ("rouge1", "rouge2", "rougeL")),
-      "rep-2 (model/human)": "{model:.3f}/{human:.3f}".format(**results["repetition"]["rep-2"]),
-  }
+  columns = {"perplexity": f"{results['perplexity']:.2f}"}
+  mauve = results.get("mauve")  # Absent until scored (eval.text_metrics=False).
+  if mauve:
+    columns.update({
+        "MAUVE": f"{mauve['mean']:.3f} ± {mauve['std']:.3f}",
+        "ROUGE-1/2/L": "/".join(f"{results['rouge'][k]:.3f}"
+                                for k in ("rouge1", "rouge2", "rougeL")),
+        "rep-2 (model/human)": "{model:.3f}/{human:.3f}".format(
+            **results["repetition"]["rep-2"]),
+    })
   if "oracle_perplexity" in results:
     columns["oracle ppl"] = f"{results['oracle_perplexity']:.2f}"
     columns.update({k: f"{v:.3f}" for k, v in results["distribution"].items()})
+  scoring = (f"MAUVE featurizer {mauve['featurizer']}, {len(mauve['runs'])} runs"
+             if mauve else f"text metrics not computed yet (--mode score reads {GENERATIONS})")
   header = (f"Model: {results['model']}; {results['corpus']}/{results['split']}, "
-            f"{results['num_prompts']} prompts, MAUVE featurizer {mauve['featurizer']}, "
-            f"{len(mauve['runs'])} runs.\n\n")
+            f"{results['num_prompts']} prompts, {scoring}.\n\n")
   return (header + "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n| "
           + " | ".join(columns.values()) + " |\n")

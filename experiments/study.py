@@ -299,11 +299,17 @@ def plot_corpus(root, corpus, objectives, out_dir) -> str:
   return path
 
 
-BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+def markers(section="study"):
+  """The comment lines that delimit ``section``'s generated text in RESULTS.md."""
+  return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
-def update_between_markers(path, text):
-  """Replace what sits between ``BEGIN`` and ``END`` in ``path`` (both must be there)."""
+BEGIN, END = markers()
+
+
+def update_between_markers(path, text, section="study"):
+  """Replace what sits between ``section``'s markers in ``path`` (both must be there)."""
+  BEGIN, END = markers(section)  # pylint: disable=invalid-name,redefined-outer-name
   with open(path) as f:
     document = f.read()
   if BEGIN not in document or END not in document:
@@ -314,11 +320,11 @@ def update_between_markers(path, text):
     f.write(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}")
 
 
-def full_report(root, table, figures_dir=None, relative_to=None) -> str:
+def full_report(root, table, figures_dir=None, relative_to=None,
+                full_grid=len(CORPORA) * len(OBJECTIVES) * len(SEEDS)) -> str:
   """Tables, figure links and timings: what ``report`` prints or writes into RESULTS.md."""
   finished = sum(len(values["seeds"]) for objectives in table.values()
                  for values in objectives.values())
-  full_grid = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
   parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", "",
            markdown_report(table)]
   if figures_dir:
@@ -342,6 +348,8 @@ def main(argv=None):
   parser.add_argument("--figures", help="report: write one PNG per corpus into this folder")
   parser.add_argument("--update", help="report: write into this file between the markers "
                       f"{BEGIN} and {END} instead of printing")
+  parser.add_argument("--section", default="study", help="report: the markers' name, e.g. "
+                      "study_gpu for <!-- study_gpu:begin --> ... <!-- study_gpu:end -->")
   argv = sys.argv[1:] if argv is None else list(argv)
   # Everything after "--" goes to main.py (argparse cannot take it after the grid options).
   extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -351,9 +359,10 @@ def main(argv=None):
   if args.action == "report":
     table = collect(args.root, args.corpora, args.objectives, args.seeds)
     relative_to = os.path.dirname(os.path.abspath(args.update)) if args.update else None
-    text = full_report(args.root, table, args.figures, relative_to)
+    text = full_report(args.root, table, args.figures, relative_to,
+                       full_grid=len(args.corpora) * len(args.objectives) * len(args.seeds))
     if args.update:
-      update_between_markers(args.update, text)
+      update_between_markers(args.update, text, args.section)
     else:
       print(text)
     return

@@ -23,22 +23,33 @@ def hf_directory(tmp_path_factory):
   return directory
 
 
-def run_eval(workdir, *extra):
-  command = [sys.executable, os.path.join(REPO, "main.py"), "--mode", "eval",
+def run_eval(workdir, *extra, mode="eval"):
+  command = [sys.executable, os.path.join(REPO, "main.py"), "--mode", mode,
              "--config", os.path.join(REPO, "configs", "default.py"), "--workdir",
              str(workdir), *extra]
   return subprocess.run(command, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                         capture_output=True, text=True, timeout=600)
 
 
-def test_eval_of_an_hf_directory_against_itself(tmp_path, hf_directory):
-  result = run_eval(
-      tmp_path, f"--config.eval.model={hf_directory}", "--config.data.corpus=ptb",
-      "--config.eval.max_blocks=4", "--config.eval.num_prompts=12",
-      "--config.eval.batch_size=8", "--config.eval.max_new_tokens=16",
-      "--config.eval.mauve_runs=2", f"--config.eval.featurizer={hf_directory}",
-      f"--config.eval.reference_model={hf_directory}")
+def small_eval_flags(hf_directory):
+  return [f"--config.eval.model={hf_directory}", "--config.data.corpus=ptb",
+          "--config.eval.max_blocks=4", "--config.eval.num_prompts=12",
+          "--config.eval.batch_size=8", "--config.eval.max_new_tokens=16",
+          "--config.eval.mauve_runs=2", f"--config.eval.featurizer={hf_directory}"]
+
+
+@pytest.fixture(scope="module")
+def full_eval(tmp_path_factory, hf_directory):
+  """One evaluation with every metric: (workdir, completed process)."""
+  workdir = tmp_path_factory.mktemp("full_eval")
+  result = run_eval(workdir, *small_eval_flags(hf_directory),
+                    f"--config.eval.reference_model={hf_directory}")
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  return workdir, result
+
+
+def test_eval_of_an_hf_directory_against_itself(full_eval):
+  tmp_path, result = full_eval
   results = json.load(open(tmp_path / "eval.json"))
   assert results["num_prompts"] == 12 and len(results["mauve"]["runs"]) == 2
   assert 0.0 <= results["mauve"]["mean"] <= 1.0
@@ -62,3 +73,34 @@ def test_eval_without_checkpoint_or_model_fails_clearly(tmp_path):
   result = run_eval(tmp_path)
   assert result.returncode != 0
   assert "no checkpoint in" in result.stderr and "eval.model" in result.stderr
+
+
+def test_generating_then_scoring_elsewhere_equals_one_evaluation(tmp_path, hf_directory,
+                                                                  full_eval):
+  # The GPU study's path: generate without the featurizer, score later from the jsonl.
+  result = run_eval(tmp_path, *small_eval_flags(hf_directory),
+                    "--config.eval.text_metrics=False")
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  unscored = json.load(open(tmp_path / "eval.json"))
+  assert "mauve" not in unscored and "rouge" not in unscored
+  assert "not computed yet" in open(tmp_path / "eval.md").read()
+  generations = [json.loads(line) for line in open(tmp_path / "generations.jsonl")]
+  assert len(generations) == 12 and all(set(g) == {"prefix", "model", "human"}
+                                        for g in generations)
+
+  result = run_eval(tmp_path, *small_eval_flags(hf_directory), mode="score")
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  scored = json.load(open(tmp_path / "eval.json"))
+  full = json.load(open(full_eval[0] / "eval.json"))
+  # Same seed, same model: same samples, so every metric agrees with the one-pass evaluation.
+  assert generations == [json.loads(line) for line in open(full_eval[0] / "generations.jsonl")]
+  assert scored["perplexity"] == full["perplexity"]
+  assert scored["mauve"]["runs"] == full["mauve"]["runs"]
+  assert scored["rouge"] == full["rouge"] and scored["repetition"] == full["repetition"]
+  assert "| perplexity | MAUVE |" in open(tmp_path / "eval.md").read()
+
+
+def test_scoring_without_an_evaluation_fails_clearly(tmp_path):
+  result = run_eval(tmp_path, mode="score")
+  assert result.returncode != 0
+  assert "eval.json is missing" in result.stderr and "--mode eval" in result.stderr

@@ -139,7 +139,7 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
   text = results.read_text()
   assert text.startswith("# Results\nintro\n") and text.endswith(f"{study.END}\noutro\n")
   assert "old tables" not in text and "| emo | 2 |" in text
-  assert "Evaluated grid points: **4 of 45**" in text
+  assert "Evaluated grid points: **4 of 4**" in text  # The grid asked for: 1 x 2 x 2.
   assert "![ag_news](figures/study_ag_news.png)" in text
   assert (tmp_path / "figures" / "study_ag_news.png").stat().st_size > 10_000
   # One row per core count, each with its own seeds' step times.
@@ -147,6 +147,11 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
   assert "| finetune | ag_news | mle | 1 | 1 | 2.0 | 2.00 |" in text
   assert "| eval | ag_news | emo | 2 | 1 | 1.0 |" in text
   assert "| eval | ag_news | emo | 1 | 1 | 2.0 |" in text
+  # Another section (the GPU table) has its own markers and leaves this one alone.
+  begin, end = study.markers("study_gpu")
+  results.write_text(f"{text}{begin}\nold\n{end}\n")
+  study.update_between_markers(str(results), "gpu table", section="study_gpu")
+  assert results.read_text() == f"{text}{begin}\ngpu table\n{end}\n"
   results.write_text("no markers")
   with pytest.raises(ValueError, match="lacks the markers"):
     study.update_between_markers(str(results), "x")
@@ -183,3 +188,70 @@ def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
     f.write(json.dumps({"marker": marker, "seconds": 60.0}) + "\n")  # Predates "cores".
     f.write(json.dumps({"marker": marker, "seconds": 30.0, "cores": 1}) + "\n")
   assert study.read_timings(str(tmp_path)) == {("finetune", "ag_news", "emo", 1): {2: 30.0}}
+
+
+def test_study_gpu_config_flags_follow_main_py():
+  import study_gpu  # pylint: disable=g-import-not-at-top
+  config = study_gpu.make_config("study_gpu_finetune", [
+      "--config.loss.name=tailr", "--config.seed=2", "--config.optim.learning_rate=3e-5",
+      "--config.eval.text_metrics=True"])
+  assert (config.loss.name, config.seed, config.optim.learning_rate) == ("tailr", 2, 3e-5)
+  assert config.eval.text_metrics is True
+  # The GPU grid keeps the CPU grid's protocol; only where the time goes differs.
+  from configs import study_finetune  # pylint: disable=g-import-not-at-top
+  gpu, cpu = study_gpu.make_config("study_gpu_finetune", []), study_finetune.get_config()
+  for section in ("loss", "optim", "data"):
+    assert gpu[section].to_dict() == cpu[section].to_dict(), section
+  for field in ("num_steps", "batch_size", "eval_every"):
+    assert gpu.train[field] == cpu.train[field], field
+  for field in ("split", "num_prompts", "max_new_tokens", "temperature", "mauve_runs"):
+    assert gpu.eval[field] == cpu.eval[field], field
+  with pytest.raises(KeyError, match="unknown config field 'train.nonsense'"):
+    study_gpu.make_config("study_gpu_finetune", ["--config.train.nonsense=1"])
+  with pytest.raises(ValueError, match="expected --config"):
+    study_gpu.make_config("study_gpu_finetune", ["--train.num_steps=1"])
+
+
+def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
+  # The accelerator path at --smoke size on CPU: base + one point in one process, the pack
+  # that comes back from the device, unpacked and scored here.
+  script = os.path.join(REPO, "experiments", "study_gpu.py")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  device_root, archive = tmp_path / "device", tmp_path / "study_gpu.tar.gz"
+  run = lambda *args: subprocess.run([sys.executable, script, *args], env=env,
+                                     capture_output=True, text=True, timeout=900)
+  result = run("run", "--smoke", "--root", str(device_root), "--objectives", "mle",
+               "--seeds", "0", "--pack", str(archive))
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  assert "study_gpu: mle seed 0 done" in result.stdout
+  workdir = device_root / "wikitext2_raw_carved" / "mle" / "seed0"
+  assert not (workdir / "best").exists()  # Weights dropped once evaluated.
+  # The budget: nothing left to do for seed 0; emo would not fit in zero minutes.
+  result = run("run", "--smoke", "--root", str(device_root), "--objectives", "mle", "emo",
+               "--seeds", "0", "--budget-minutes", "0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "stopping before emo seed 0" in result.stdout
+  assert not (device_root / "wikitext2_raw_carved" / "emo").exists()
+
+  import tarfile  # pylint: disable=g-import-not-at-top
+  with tarfile.open(archive) as packed:
+    names = packed.getnames()
+  assert "./wikitext2_raw_carved/mle/seed0/generations.jsonl" in names
+  assert not [n for n in names if n.split("/")[-1] in ("best", "checkpoints", "hf_export")]
+
+  root = tmp_path / "here"
+  assert run("unpack", str(archive), "--root", str(root)).returncode == 0
+  records = [json.loads(line) for line in open(root / "timings.jsonl")]
+  assert {r["marker"] for r in records} == {
+      str(root / "base" / "results.json"),
+      str(root / "wikitext2_raw_carved" / "mle" / "seed0" / "results.json"),
+      str(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json")}
+  unscored = json.load(open(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json"))
+  assert "mauve" not in unscored and unscored["num_prompts"] == 8
+  result = run("score", "--root", str(root), "--objectives", "mle", "--seeds", "0")
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  scored = json.load(open(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json"))
+  assert scored["perplexity"] == unscored["perplexity"]
+  assert 0.0 <= scored["mauve"]["mean"] <= 1.0 and len(scored["mauve"]["runs"]) == 5
+  assert study.collect(str(root), ["wikitext2_raw_carved"], ["mle"], [0])[
+      "wikitext2_raw_carved"]["mle"]["seeds"] == [0]

@@ -1,0 +1,233 @@
+"""The study's accelerator table (issue #8): a larger base, one corpus, every objective.
+
+``run`` does steps 1-3 of ``experiments/study.py`` in one process on one accelerator:
+pretrain ``configs/study_gpu_base.py`` (GPT-2 small, same data and epoch as the CPU base),
+fine-tune it on WikiText-2 raw with the five objectives under ``configs/study_gpu_finetune.py``
+(the CPU grid's budget, learning rate and data order) and generate each run's MAUVE
+continuations. One process, because on a GPU a ``main.py`` launch per point (start-up, model
+load, compilation) would cost more than the point itself; the persistent compilation cache
+lets every seed after the first reuse its objective's compiled step. Points run seed-major
+(all objectives of seed 0, then seed 1, ...), so a budget that runs out leaves whole seeds.
+Workdirs and ``timings.jsonl`` have ``study.py``'s layout, so its report reads them.
+
+MAUVE's featurizer does not travel to the device, so ``score`` adds MAUVE/ROUGE/repetition
+afterwards on any host (``main.py --mode score`` on each run):
+
+    python experiments/study_gpu.py run --root /tmp/study_gpu --budget-minutes 8 \\
+        --pack /tmp/study_gpu.tar.gz                  # on the GPU host
+    python experiments/study_gpu.py unpack /tmp/study_gpu.tar.gz --root workdirs/study_gpu
+    python experiments/study_gpu.py score --root workdirs/study_gpu
+    python experiments/study.py report --root workdirs/study_gpu \\
+        --corpora wikitext2_raw_carved --section study_gpu \\
+        --update experiments/RESULTS.md --figures experiments/figures/gpu
+
+``run --smoke`` runs every code path at a tiny size in seconds (a check before spending
+accelerator time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]
+
+import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CORPUS = "wikitext2_raw_carved"
+# Tiny sizes for --smoke: every code path (pretraining, HF export, loading it, each
+# objective, best checkpoint, perplexity, generation), nothing at full size.
+SMOKE_BASE = ["--config.model.preset=tiny", "--config.train.num_epochs=0",
+              "--config.train.num_steps=4", "--config.train.eval_every=2",
+              "--config.data.max_eval_blocks=4", "--config.train.num_samples=0"]
+SMOKE_FINETUNE = ["--config.train.num_steps=4", "--config.train.eval_every=2",
+                  "--config.data.max_eval_blocks=4", "--config.eval.max_blocks=4",
+                  "--config.eval.num_prompts=8", "--config.eval.batch_size=8",
+                  "--config.eval.max_new_tokens=8"]
+# Never packed: model weights (GBs at this size); each run's metrics and text are what matter.
+UNPACKED = {"checkpoints", "best", "hf_export", "tensorboard", "jax_cache"}
+
+
+def make_config(name, flags):
+  """``configs/<name>.py``'s config with ``--config.a.b=value`` flags applied (main.py's
+  syntax; values are Python literals, else strings; an unknown field is an error)."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  for flag in flags:
+    if not flag.startswith("--config.") or "=" not in flag:
+      raise ValueError(f"expected --config.<field>=<value>, got {flag!r}.")
+    path, text = flag.removeprefix("--config.").split("=", 1)
+    *parents, leaf = path.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(f"unknown config field {path!r} in configs/{name}.py.")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node[leaf] = value
+  return config
+
+
+def drop_checkpoints(workdir):
+  for name in ("checkpoints", "best"):
+    shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+
+
+def pack(root, path):
+  """Everything under ``root`` but weights and caches, as a .tar.gz written atomically (a run
+  killed mid-pack leaves the previous pack whole)."""
+  partial = path + ".partial"
+  with tarfile.open(partial, "w:gz") as archive:
+    archive.add(root, arcname=".",
+                filter=lambda info: None if os.path.basename(info.name) in UNPACKED else info)
+  os.replace(partial, path)
+
+
+def _timed(root, marker, action, device):
+  start = time.time()
+  action()
+  if not os.path.exists(marker):
+    raise RuntimeError(f"finished without writing {marker}.")
+  seconds = time.time() - start
+  with open(os.path.join(root, "timings.jsonl"), "a") as f:
+    f.write(json.dumps({"marker": marker, "seconds": seconds, "cores": device["cores"],
+                        "device": device["kind"]}) + "\n")
+  return seconds
+
+
+def run(root, objectives, seeds, budget_s, pack_path=None, smoke=False, keep_weights=False):
+  """Base, then each (seed, objective) point trained and generated; returns the points done.
+
+  A point starts only if the slowest point so far would still end inside ``budget_s``
+  (counted from the call); finished points (their markers exist) are skipped.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from emo_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  os.makedirs(root, exist_ok=True)
+  # Seeds after the first reuse each objective's executables; the eval step is shared.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  device = {"kind": jax.devices()[0].device_kind, "cores": len(os.sched_getaffinity(0))}
+  print(f"study_gpu: {jax.device_count()} x {device['kind']}, {device['cores']} CPU cores, "
+        f"jax {jax.__version__}", flush=True)
+
+  base = os.path.join(root, "base")
+  base_marker = os.path.join(base, "results.json")
+  if not os.path.exists(base_marker):
+    config = make_config("study_gpu_base", SMOKE_BASE if smoke else [])
+    seconds = _timed(root, base_marker, lambda: train.train_and_evaluate(config, base), device)
+    print(f"study_gpu: base trained in {seconds:.0f} s", flush=True)
+
+  done, slowest = [], 0.0
+  for seed in seeds:
+    for objective in objectives:
+      workdir = study.run_dir(root, CORPUS, objective, seed)
+      trained = os.path.join(workdir, "results.json")
+      evaluated = os.path.join(workdir, "eval.json")
+      if os.path.exists(evaluated):
+        continue
+      elapsed = time.time() - start
+      if elapsed + slowest > budget_s:
+        print(f"study_gpu: budget: {elapsed:.0f} s spent, a point takes up to {slowest:.0f} s; "
+              f"stopping before {objective} seed {seed}.", flush=True)
+        return done
+      flags = [f"--config.model.pretrained={os.path.join(base, 'hf_export')}",
+               f"--config.data.corpus={CORPUS}", f"--config.seed={seed}",
+               *study.OBJECTIVES[objective], *(SMOKE_FINETUNE if smoke else [])]
+      config = make_config("study_gpu_finetune", flags)
+      point_start = time.time()
+      if not os.path.exists(trained):
+        _timed(root, trained, lambda: train.train_and_evaluate(config, workdir), device)
+      _timed(root, evaluated, lambda: evaluate.evaluate_and_report(config, workdir), device)
+      slowest = max(slowest, time.time() - point_start)
+      if not keep_weights:
+        drop_checkpoints(workdir)
+      if pack_path:
+        pack(root, pack_path)
+      done.append((objective, seed))
+      print(f"study_gpu: {objective} seed {seed} done in {time.time() - point_start:.0f} s "
+            f"({time.time() - start:.0f} s in all)", flush=True)
+  return done
+
+
+def unpack(path, root):
+  os.makedirs(root, exist_ok=True)
+  with tarfile.open(path) as archive:
+    archive.extractall(root, filter="data")
+  # Markers in timings.jsonl name the device's root; study.py's report wants this one.
+  timings = os.path.join(root, "timings.jsonl")
+  if os.path.exists(timings):
+    with open(timings) as f:
+      records = [json.loads(line) for line in f]
+    for record in records:
+      relative = record["marker"].split(os.sep)
+      for anchor in ("base", CORPUS):
+        if anchor in relative:
+          record["marker"] = os.path.join(os.path.abspath(root),
+                                          *relative[relative.index(anchor):])
+          break
+    with open(timings, "w") as f:
+      f.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def score(root, objectives, seeds):
+  """``--mode score`` (MAUVE, ROUGE, repetition) for each generated, unscored run."""
+  from emo_jax import evaluate  # pylint: disable=g-import-not-at-top
+  for seed in seeds:
+    for objective in objectives:
+      workdir = study.run_dir(root, CORPUS, objective, seed)
+      path = os.path.join(workdir, "eval.json")
+      if not os.path.exists(path):
+        print(f"not generated: {workdir}", file=sys.stderr)
+        continue
+      with open(path) as f:
+        if "mauve" in json.load(f):
+          continue
+      config = make_config("study_gpu_finetune", [f"--config.seed={seed}"])
+      evaluate.score_generations(config, workdir)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("action", choices=["run", "unpack", "score"])
+  parser.add_argument("archive", nargs="?", help="unpack: the .tar.gz that run --pack wrote")
+  parser.add_argument("--root", default=os.path.join(REPO, "workdirs", "study_gpu"))
+  parser.add_argument("--objectives", nargs="+", default=list(study.OBJECTIVES),
+                      choices=list(study.OBJECTIVES))
+  parser.add_argument("--seeds", nargs="+", type=int, default=list(study.SEEDS))
+  parser.add_argument("--budget-minutes", type=float, default=float("inf"),
+                      help="run: start no point that would end after this")
+  parser.add_argument("--pack", help="run: after each point, write the metrics, generations "
+                      "and logs (no weights) into this .tar.gz")
+  parser.add_argument("--smoke", action="store_true", help="run: tiny sizes, seconds")
+  parser.add_argument("--keep-weights", action="store_true",
+                      help="run: keep each run's checkpoints (default: drop after evaluation)")
+  args = parser.parse_args(argv)
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  if args.action == "run":
+    run(args.root, args.objectives, args.seeds, args.budget_minutes * 60, args.pack,
+        args.smoke, args.keep_weights)
+  elif args.action == "unpack":
+    if not args.archive:
+      parser.error("unpack needs the archive's path.")
+    unpack(args.archive, args.root)
+  else:
+    score(args.root, args.objectives, args.seeds)
+
+
+if __name__ == "__main__":
+  main()
