@@ -94,7 +94,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   tokenizer = load_tokenizer(config.data.tokenizer_dir or None)
   tokenizer.check_model_vocab(model.config.vocab_size)
   results: dict[str, Any] = {"model": description, "corpus": config.data.corpus,
-                             "split": eval_config.split}
+                             "split": eval_config.split, "seed": config.seed}
   timings = {}
 
   start = time.time()
@@ -179,7 +179,11 @@ def score_text(continuations: list[str], humans: list[str],
 
 def score_generations(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``--mode score``: adds :func:`score_text`'s metrics to the ``eval.json`` that an
-  ``eval.text_metrics=False`` evaluation wrote, from its ``generations.jsonl``."""
+  ``eval.text_metrics=False`` evaluation wrote, from its ``generations.jsonl``.
+
+  ``config.eval`` gives the featurizer and MAUVE settings; MAUVE's k-means seeds come from
+  the evaluation's own seed (recorded in ``eval.json``), so a score matches what a one-pass
+  evaluation of the same run would have reported whatever ``config.seed`` says."""
   paths = {name: os.path.join(workdir, name) for name in ("eval.json", GENERATIONS)}
   for path in paths.values():
     if not os.path.exists(path):
@@ -193,18 +197,22 @@ def score_generations(config: ml_collections.ConfigDict, workdir: str) -> dict[s
                      f"says {results['num_prompts']} prompts: the files are from different "
                      "evaluations.")
   start = time.time()
+  seed = results.get("seed", config.seed)  # eval.json files before the field: config's.
   results.update(score_text([g["model"] for g in generations],
-                            [g["human"] for g in generations], config.eval, config.seed))
+                            [g["human"] for g in generations], config.eval, seed))
   results.setdefault("timings", {})["mauve_s"] = time.time() - start
   _write_results(results, workdir)
   return results
 
 
 def _write_results(results: dict[str, Any], workdir: str) -> None:
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "eval.md"), "w") as f:
-    f.write(markdown_table(results))
+  # Atomically: eval.json is the study driver's "done" marker, and --mode score rewrites it.
+  for name, text in (("eval.md", markdown_table(results)),
+                     ("eval.json", json.dumps(results, indent=2))):
+    path = os.path.join(workdir, name)
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
   print("\n" + markdown_table(results))
 
 

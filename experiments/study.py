@@ -309,15 +309,15 @@ BEGIN, END = markers()
 
 def update_between_markers(path, text, section="study"):
   """Replace what sits between ``section``'s markers in ``path`` (both must be there)."""
-  BEGIN, END = markers(section)  # pylint: disable=invalid-name,redefined-outer-name
+  begin, end = markers(section)
   with open(path) as f:
     document = f.read()
-  if BEGIN not in document or END not in document:
-    raise ValueError(f"{path} lacks the markers {BEGIN} ... {END} that the report replaces.")
-  head, rest = document.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
+  if begin not in document or end not in document:
+    raise ValueError(f"{path} lacks the markers {begin} ... {end} that the report replaces.")
+  head, rest = document.split(begin, 1)
+  _, tail = rest.split(end, 1)
   with open(path, "w") as f:
-    f.write(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}")
+    f.write(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
 
 
 def full_report(root, table, figures_dir=None, relative_to=None,

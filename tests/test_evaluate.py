@@ -82,13 +82,14 @@ def test_generating_then_scoring_elsewhere_equals_one_evaluation(tmp_path, hf_di
                     "--config.eval.text_metrics=False")
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   unscored = json.load(open(tmp_path / "eval.json"))
-  assert "mauve" not in unscored and "rouge" not in unscored
+  assert "mauve" not in unscored and "rouge" not in unscored and unscored["seed"] == 0
   assert "not computed yet" in open(tmp_path / "eval.md").read()
   generations = [json.loads(line) for line in open(tmp_path / "generations.jsonl")]
   assert len(generations) == 12 and all(set(g) == {"prefix", "model", "human"}
                                         for g in generations)
 
-  result = run_eval(tmp_path, *small_eval_flags(hf_directory), mode="score")
+  # Scoring takes MAUVE's k-means seeds from the evaluation, not from this command's config.
+  result = run_eval(tmp_path, *small_eval_flags(hf_directory), "--config.seed=7", mode="score")
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   scored = json.load(open(tmp_path / "eval.json"))
   full = json.load(open(full_eval[0] / "eval.json"))
