@@ -240,10 +240,26 @@ def read_timings(root):
   return timings
 
 
+def recorded_devices(root):
+  """The accelerators named in ``timings.jsonl`` (``experiments/study_gpu.py`` records them;
+  ``study.py`` runs on the CPU and records none), in order of first appearance."""
+  path = os.path.join(root, "timings.jsonl")
+  devices = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        device = json.loads(line).get("device")
+        if device and device not in devices:
+          devices.append(device)
+  return devices
+
+
 def timings_report(root, table) -> str:
   """Markdown: wall-clock of each stage, per corpus and objective."""
   timings = read_timings(root)
-  lines = ["| stage | corpus | objective | cores | runs | minutes per run | "
+  devices = recorded_devices(root)
+  lines = [f"Device: {', '.join(devices)} (`cores`: the host's CPU cores).", ""] if devices else []
+  lines += ["| stage | corpus | objective | cores | runs | minutes per run | "
            "s per optimizer step |",
            "|---|---|---|---:|---:|---:|---:|"]
   for (stage, _, _, cores), runs in sorted(timings.items()):

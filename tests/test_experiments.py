@@ -255,3 +255,7 @@ def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
   assert 0.0 <= scored["mauve"]["mean"] <= 1.0 and len(scored["mauve"]["runs"]) == 5
   assert study.collect(str(root), ["wikitext2_raw_carved"], ["mle"], [0])[
       "wikitext2_raw_carved"]["mle"]["seeds"] == [0]
+  # The report names the device the timings were taken on (here JAX's CPU "device").
+  report = study.timings_report(str(root), {"wikitext2_raw_carved": {"mle": {}}})
+  assert report.startswith("Device: cpu (`cores`")
+  assert "| eval | wikitext2_raw_carved | mle |" in report
