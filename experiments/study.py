@@ -85,6 +85,14 @@ def stage_commands(stage, root, corpora=CORPORA, objectives=tuple(OBJECTIVES), s
   return out
 
 
+def record_timing(root, marker, seconds, **extra):
+  """Appends one command's wall-clock to ``<root>/timings.jsonl`` (read by ``read_timings``),
+  with the CPU cores it could use and ``extra`` fields (``study_gpu.py``: the device)."""
+  with open(os.path.join(root, "timings.jsonl"), "a") as f:
+    f.write(json.dumps({"marker": marker, "seconds": seconds,
+                        "cores": len(os.sched_getaffinity(0)), **extra}) + "\n")
+
+
 def run_stage(commands, root):
   os.makedirs(root, exist_ok=True)
   for command, done in commands:
@@ -96,9 +104,7 @@ def run_stage(commands, root):
     subprocess.run(command, check=True)  # A preempted training run exits non-zero.
     if not os.path.exists(done):
       raise RuntimeError(f"{shlex.join(command)} exited 0 but did not write {done}.")
-    with open(os.path.join(root, "timings.jsonl"), "a") as f:
-      f.write(json.dumps({"marker": done, "seconds": time.time() - start,
-                          "cores": len(os.sched_getaffinity(0))}) + "\n")
+    record_timing(root, done, time.time() - start)
 
 
 # ----------------------------------------------------------------------------------------
