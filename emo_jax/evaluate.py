@@ -55,12 +55,12 @@ def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
     raise FileNotFoundError(f"no checkpoint in {workdir} (and eval.model is empty): train "
                             "first, or set --config.eval.model=<HF directory>.")
   best = checkpointer.best_step() is not None
-  saved = checkpointer.read_state(best=best)
+  params = checkpointer.read_best_params() if best else checkpointer.read_state()["params"]
   step = checkpointer.best_step() if best else checkpointer.latest_step()
   checkpointer.close()
   model, _ = train.build_model(config, load_weights=False)  # Weights: the checkpoint.
   description = f"{workdir} ({'best' if best else 'latest'} checkpoint, step {step})"
-  return model, jax.tree.map(jnp.asarray, saved["params"]), description
+  return model, jax.tree.map(jnp.asarray, params), description
 
 
 def _distribution_measures(model, params, reference, reference_params, blocks, batch_size=8):

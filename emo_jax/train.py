@@ -351,6 +351,9 @@ def _to_micro_batches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.
 # SIGTERM" status, so a scheduler or a driver script (experiments/study.py) sees an unfinished
 # run, not a finished one, and a rerun resumes it.
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+# In the workdir: ``{"step", "eval/perplexity"}`` of the best checkpoint (a copy of what
+# best/<step>/metrics holds).
+BEST_METRIC_FILE = "best_metric.json"
 
 
 class _Preemption:
@@ -438,10 +441,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   logger = run_logging.RunLogger(workdir, total_steps, enabled=is_main)
   preemption = _Preemption()
-  best = float("inf")  # Every process tracks it, so all of them join the best saves.
-  if os.path.exists(os.path.join(workdir, "best_metric.json")):
-    with open(os.path.join(workdir, "best_metric.json")) as f:
-      best = json.load(f)["eval/perplexity"]
+  # Every process tracks the best score, so all of them join the best saves. It is read back
+  # from the best checkpoint itself (best_metric.json only mirrors it, for people and tools;
+  # workdirs from before the metrics moved into best/ still have only the mirror).
+  best_metrics = checkpointer.best_metrics()
+  if best_metrics is None and os.path.exists(os.path.join(workdir, BEST_METRIC_FILE)):
+    with open(os.path.join(workdir, BEST_METRIC_FILE)) as f:
+      best_metrics = json.load(f)
+  best = best_metrics["eval/perplexity"] if best_metrics else float("inf")
   step = int(state.step)
   last_time, last_step, last_logged = time.time(), step, {}
   try:
@@ -483,10 +490,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logger.write(step, {"eval/perplexity": perplexity})
         if perplexity < best:
           best = perplexity
-          checkpointer.save(step, state, {"train": data.train.get_state()}, best=True)
+          best_metrics = {"step": step, "eval/perplexity": perplexity}
+          checkpointer.save_best(step, state.params, best_metrics)
           if is_main:
-            with open(os.path.join(workdir, "best_metric.json"), "w") as f:
-              json.dump({"step": step, "eval/perplexity": perplexity}, f)
+            _write_json_atomically(os.path.join(workdir, BEST_METRIC_FILE), best_metrics)
       if step % config.train.save_every == 0 or step == total_steps or preemption.requested:
         checkpointer.save(step, state, {"train": data.train.get_state()})
       last_time += time.time() - paused_at
@@ -500,19 +507,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logger.close()
 
   results = {"step": step, "best_eval_perplexity": best}
-  best_state, _ = checkpointer.restore(checkpointing.abstract_like(state), best=True)
+  best_params = checkpointer.restore_best_params(checkpointing.abstract_like(state.params))
   if config.train.export_hf and is_main:
     export_dir = os.path.join(workdir, "hf_export")
-    convert.save_pretrained({"params": best_state.params}, model.config, export_dir)
+    convert.save_pretrained({"params": best_params}, model.config, export_dir)
     results["hf_export"] = export_dir
   if config.train.num_samples and is_main:
-    results["samples"] = _print_samples(model, best_state.params, data, config)
+    results["samples"] = _print_samples(model, best_params, data, config)
   if is_main:
     results["curves"] = run_logging.plot_curves(workdir)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    _write_json_atomically(os.path.join(workdir, "results.json"), results)
   checkpointer.close()
   return results
+
+
+def _write_json_atomically(path: str, record: dict[str, Any]) -> None:
+  # A crash mid-write must not leave a truncated file that the next run fails to parse.
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 def _print_samples(model, params, data: _Data, config) -> list[dict[str, str]]:

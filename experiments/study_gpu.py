@@ -30,7 +30,6 @@ accelerator time).
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import json
 import logging
@@ -39,6 +38,10 @@ import shutil
 import sys
 import tarfile
 import time
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]
@@ -61,26 +64,28 @@ SMOKE_FINETUNE = ["--config.train.num_steps=4", "--config.train.eval_every=2",
 UNPACKED = {"checkpoints", "best", "hf_export", "tensorboard", "jax_cache"}
 
 
-def make_config(name, flags):
-  """``configs/<name>.py``'s config with ``--config.a.b=value`` flags applied (main.py's
-  syntax; values are Python literals, else strings; an unknown field is an error)."""
-  config = importlib.import_module(f"configs.{name}").get_config()
-  for flag in flags:
-    if not flag.startswith("--config.") or "=" not in flag:
-      raise ValueError(f"expected --config.<field>=<value>, got {flag!r}.")
-    path, text = flag.removeprefix("--config.").split("=", 1)
-    *parents, leaf = path.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    if leaf not in node:
-      raise KeyError(f"unknown config field {path!r} in configs/{name}.py.")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    node[leaf] = value
-  return config
+def make_config(name, overrides):
+  """``configs/<name>.py``'s config with ``--config.a.b=value`` overrides applied by the
+  parser main.py uses (ml_collections' config_flags: each value parsed by its field's type);
+  an unknown field or a malformed flag is an error naming it."""
+  path = os.path.join(REPO, "configs", name + ".py")
+  defaults = importlib.import_module(f"configs.{name}").get_config()
+  for override in overrides:
+    if not override.startswith("--config.") or "=" not in override:
+      raise ValueError(f"expected --config.<field>=<value>, got {override!r}.")
+    field = override.removeprefix("--config.").split("=", 1)[0]
+    node = defaults
+    for part in field.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise ValueError(f"unknown config field {field!r} in configs/{name}.py.")
+      node = node[part]
+  argv = ["study_gpu", f"--config={path}", *overrides]
+  flag_values = flags.FlagValues()  # Private: the driver's own flags stay untouched.
+  # sys_argv: config_flags finds the override flags in this list, not in sys.argv.
+  config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
 
 
 def drop_checkpoints(workdir):

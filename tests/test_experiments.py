@@ -206,7 +206,13 @@ def test_study_gpu_config_flags_follow_main_py():
     assert gpu.train[field] == cpu.train[field], field
   for field in ("split", "num_prompts", "max_new_tokens", "temperature", "mauve_runs"):
     assert gpu.eval[field] == cpu.eval[field], field
-  with pytest.raises(KeyError, match="unknown config field 'train.nonsense'"):
+  # Values are parsed by the field's type, as main.py parses them: a digit string for a
+  # string field stays a string; a word for an integer field is an error.
+  assert study_gpu.make_config("study_gpu_finetune", [
+      "--config.eval.featurizer=1"]).eval.featurizer == "1"
+  with pytest.raises(Exception, match="config.seed=abc"):
+    study_gpu.make_config("study_gpu_finetune", ["--config.seed=abc"])
+  with pytest.raises(ValueError, match="unknown config field 'train.nonsense'"):
     study_gpu.make_config("study_gpu_finetune", ["--config.train.nonsense=1"])
   with pytest.raises(ValueError, match="expected --config"):
     study_gpu.make_config("study_gpu_finetune", ["--train.num_steps=1"])

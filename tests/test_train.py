@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from emo_jax import sharding, train
+from emo_jax import checkpointing, sharding, train
 from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from fake_devices import run_with_devices
 
@@ -94,6 +94,7 @@ def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
   best = json.load(open(tmp_path / "best_metric.json"))
   assert evaluated["perplexity"] == pytest.approx(best["eval/perplexity"], rel=1e-5)
   assert f"step {best['step']}" in evaluated["model"]
+  assert checkpointing.Checkpointer(str(tmp_path)).best_metrics() == best
 
 
 # Long enough (60 steps, a checkpoint every 4) that a signal lands mid-run.
@@ -102,11 +103,16 @@ LONGER = ("--config.train.num_steps=60", "--config.train.eval_every=20",
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_losses(tmp_path_factory):
+def uninterrupted_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
   result = run_main(workdir, *LONGER)
   assert result.returncode == 0, result.stderr[-3000:]
-  return losses_by_step(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(uninterrupted_workdir):
+  return losses_by_step(uninterrupted_workdir)
 
 
 def interrupt_at_step(workdir, sig, step):
@@ -123,11 +129,16 @@ def interrupt_at_step(workdir, sig, step):
   return process.returncode, output
 
 
-def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path,
+def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, uninterrupted_workdir,
                                                                 uninterrupted_losses):
   _, _ = interrupt_at_step(tmp_path, signal.SIGKILL, 25)  # No chance to clean up or save.
   partial = losses_by_step(tmp_path)
   assert 25 <= max(partial) < 60, "the run was not killed mid-run"
+  # The resumed run must take the best score so far from best/ (saved atomically with its
+  # weights), not from the mirror file: a mirror claiming an unbeatable score would
+  # otherwise stop every later best save.
+  with open(tmp_path / "best_metric.json", "w") as f:
+    json.dump({"step": 20, "eval/perplexity": 0.0}, f)
 
   resumed = run_main(tmp_path, *LONGER)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -135,6 +146,9 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path,
   assert sorted(got) == sorted(uninterrupted_losses) == list(range(1, 61))
   for step, loss in uninterrupted_losses.items():
     assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
+  expected_best = json.load(open(uninterrupted_workdir / "best_metric.json"))
+  assert expected_best["step"] > 20  # Else the check above could not fail.
+  assert json.load(open(tmp_path / "best_metric.json")) == pytest.approx(expected_best)
 
 
 def test_sigterm_saves_the_current_step_and_exits_unfinished(tmp_path, uninterrupted_losses):
@@ -144,7 +158,6 @@ def test_sigterm_saves_the_current_step_and_exits_unfinished(tmp_path, uninterru
   assert "Traceback" not in output and not (tmp_path / "results.json").exists()
   last = max(losses_by_step(tmp_path))
   assert 25 <= last < 60, "the run was not stopped mid-run"
-  from emo_jax import checkpointing  # pylint: disable=g-import-not-at-top
   assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == last  # Not a multiple
   # of save_every in general: the signal handler saved exactly where the run stopped.
   resumed = run_main(tmp_path, *LONGER)
@@ -303,7 +316,6 @@ def test_eight_device_step_equals_one_device_step():
 
 def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
   import torch, transformers  # pylint: disable=g-import-not-at-top
-  from emo_jax import checkpointing  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
       vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2))
