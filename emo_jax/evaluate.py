@@ -158,10 +158,12 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 
 def score_text(continuations: list[str], humans: list[str],
-               eval_config: ml_collections.ConfigDict, seed: int) -> dict[str, Any]:
+               eval_config: ml_collections.ConfigDict, seed: int,
+               featurizer=None) -> dict[str, Any]:
   """MAUVE (``eval.featurizer``, ``eval.mauve_runs`` k-means seeds from ``seed``), ROUGE-1/2/L
-  against the human continuations and n-gram repetition of both sides."""
-  featurizer = metrics.make_featurizer(eval_config.featurizer)
+  against the human continuations and n-gram repetition of both sides. ``featurizer``: one
+  already loaded for ``eval.featurizer`` (scoring many runs in one process), else loaded."""
+  featurizer = featurizer or metrics.make_featurizer(eval_config.featurizer)
   human_features = featurizer(humans)
   model_features = featurizer(continuations)
   mauve = metrics.mauve(human_features, model_features, runs=eval_config.mauve_runs, seed=seed,
@@ -177,9 +179,11 @@ def score_text(continuations: list[str], humans: list[str],
   }
 
 
-def score_generations(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def score_generations(config: ml_collections.ConfigDict, workdir: str,
+                      featurizer=None) -> dict[str, Any]:
   """``--mode score``: adds :func:`score_text`'s metrics to the ``eval.json`` that an
-  ``eval.text_metrics=False`` evaluation wrote, from its ``generations.jsonl``.
+  ``eval.text_metrics=False`` evaluation wrote, from its ``generations.jsonl``
+  (``featurizer`` as in :func:`score_text`).
 
   ``config.eval`` gives the featurizer and MAUVE settings; MAUVE's k-means seeds come from
   the evaluation's own seed (recorded in ``eval.json``), so a score matches what a one-pass
@@ -199,7 +203,8 @@ def score_generations(config: ml_collections.ConfigDict, workdir: str) -> dict[s
   start = time.time()
   seed = results.get("seed", config.seed)  # eval.json files before the field: config's.
   results.update(score_text([g["model"] for g in generations],
-                            [g["human"] for g in generations], config.eval, seed))
+                            [g["human"] for g in generations], config.eval, seed,
+                            featurizer))
   results.setdefault("timings", {})["mauve_s"] = time.time() - start
   _write_results(results, workdir)
   return results

@@ -17,6 +17,8 @@ between runs that share one):
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import sys
 from typing import Sequence
@@ -246,6 +248,25 @@ class MiniLMFeaturizer:
 def _progress(what: str, done: int, total: int) -> None:
   print(f"\r{what}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr,
         flush=True)
+
+
+class MemoizedFeaturizer:
+  """A featurizer that computes each distinct list of texts once.
+
+  Scoring many runs of one corpus in a process (``experiments/study_gpu.py score``)
+  featurizes the same human continuations for every run; this returns the first result
+  again. Featurizers are deterministic functions of the list (same texts, same batches), so
+  the memo changes no number."""
+
+  def __init__(self, featurizer):
+    self.featurizer, self.name = featurizer, featurizer.name
+    self._features: dict[str, np.ndarray] = {}
+
+  def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    key = hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()  # Unambiguous.
+    if key not in self._features:
+      self._features[key] = self.featurizer(texts)
+    return self._features[key].copy()
 
 
 def make_featurizer(name: str):

@@ -192,7 +192,8 @@ def unpack(path, root):
 
 def score(root, objectives, seeds):
   """``--mode score`` (MAUVE, ROUGE, repetition) for each generated, unscored run."""
-  from emo_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from emo_jax import evaluate, metrics  # pylint: disable=g-import-not-at-top
+  featurizer = None  # Loaded once; every run's human continuations are featurized once.
   for seed in seeds:
     for objective in objectives:
       workdir = study.run_dir(root, CORPUS, objective, seed)
@@ -204,7 +205,9 @@ def score(root, objectives, seeds):
         if "mauve" in json.load(f):
           continue
       config = make_config("study_gpu_finetune", [f"--config.seed={seed}"])
-      evaluate.score_generations(config, workdir)
+      featurizer = featurizer or metrics.MemoizedFeaturizer(
+          metrics.make_featurizer(config.eval.featurizer))
+      evaluate.score_generations(config, workdir, featurizer)
 
 
 def main(argv=None):

@@ -133,6 +133,33 @@ def test_mauve_of_identical_feature_sets_is_one():
   assert out["mean"] == pytest.approx(1.0, abs=1e-6) and out["std"] == pytest.approx(0.0)
 
 
+def test_memoized_featurizer_computes_each_text_list_once_and_changes_no_number():
+  minilm = metrics.make_featurizer("minilm")
+  calls = []
+
+  class Counting:
+    name = minilm.name
+
+    def __call__(self, texts):
+      calls.append(list(texts))
+      return minilm(texts)
+
+  memoized = metrics.MemoizedFeaturizer(Counting())
+  humans = ["The cat sat on the mat.", "Rain fell all day.", "Markets rose on Tuesday."]
+  model = ["The dog sat on the rug.", "It rained.", "Stocks fell."]
+  first = memoized(humans)
+  first[0, 0] = 123.0  # A caller scribbling on its copy must not reach the memo.
+  for texts in (model, humans, model):
+    memoized(texts)
+  assert calls == [humans, model]
+  assert memoized.name == minilm.name
+  # The claim that makes the memo safe: featurizing the same list again gives the same bits.
+  np.testing.assert_array_equal(memoized(humans), minilm(humans))
+  memoized(humans[:2])  # Keyed by the whole list: a sub-list is featurized anew.
+  memoized(["The cat sat on the mat.\0Rain fell all day.", "Markets rose on Tuesday."])
+  assert len(calls) == 4
+
+
 def test_unknown_featurizer_is_an_error():
   with pytest.raises(ValueError, match="'minilm' or an HF GPT-2 directory"):
     metrics.make_featurizer("/no/such/dir")
