@@ -159,6 +159,11 @@ def verdict(values, baseline, higher_is_better, alpha=0.05):
   return "win" if better == higher_is_better else "loss"
 
 
+def format_p_value(p_value: float) -> str:
+  # Three decimals, but never "p=0.000": a test gives no zero p-values.
+  return "p<0.001" if p_value < 0.0005 else f"p={p_value:.3f}"
+
+
 def markdown_report(table, baseline="mle") -> str:
   lines = []
   for corpus, objectives in table.items():
@@ -177,7 +182,8 @@ def markdown_report(table, baseline="mle") -> str:
           pick = lambda run: [run[metric][run["seeds"].index(s)] for s in common]
           p_value = paired_p_value(pick(values), pick(reference))
           outcome = verdict(pick(values), pick(reference), higher)
-          cell += f" ({outcome}, p={p_value:.3f})" if p_value is not None else f" ({outcome})"
+          cell += f" ({outcome}, {format_p_value(p_value)})" if p_value is not None else (
+              f" ({outcome})")
         cells.append(cell)
       lines.append(f"| {objective} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("")

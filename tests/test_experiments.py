@@ -94,7 +94,10 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
   emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
   tailr_row = next(line for line in report.splitlines() if line.startswith("| tailr |"))
   # MAUVE +0.2 on every seed: a win; perplexity +1 on every seed: a loss (lower is better).
-  assert "(win, p=" in emo_row.split("|")[4] and "(loss, p=" in emo_row.split("|")[3]
+  assert "(win, p" in emo_row.split("|")[4] and "(loss, p" in emo_row.split("|")[3]
+  assert "p=0.000" not in report
+  assert (study.format_p_value(0.0), study.format_p_value(0.0004)) == ("p<0.001", "p<0.001")
+  assert study.format_p_value(0.0421) == "p=0.042"
   assert "(tie" in tailr_row.split("|")[4]
   assert study.paired_p_value([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == 0.0  # Constant shift.
   assert study.paired_p_value([1.0, 2.0], [1.0, 2.0]) is None  # No difference at all.
