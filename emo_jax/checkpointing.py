@@ -74,6 +74,12 @@ class Checkpointer:
   def restore_best_params(self, abstract_params: Any) -> Any:
     """The best checkpoint's parameters, laid out (and sharded) like ``abstract_params``."""
     step = self._require_step(self._best, None)
+    if not os.path.isdir(self._item_path(self._best, step, "params")):
+      # A best/ from before the split (a run resumed across the change that never improved
+      # afterwards): read on the host, then place like the target.
+      return jax.tree.map(lambda x, target: jax.device_put(x.astype(target.dtype),
+                                                           target.sharding),
+                          self.read_best_params(), abstract_params)
     restored = self._best.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params)))
     return restored["params"]

@@ -163,7 +163,8 @@ def score_text(continuations: list[str], humans: list[str],
   """MAUVE (``eval.featurizer``, ``eval.mauve_runs`` k-means seeds from ``seed``), ROUGE-1/2/L
   against the human continuations and n-gram repetition of both sides. ``featurizer``: one
   already loaded for ``eval.featurizer`` (scoring many runs in one process), else loaded."""
-  featurizer = featurizer or metrics.make_featurizer(eval_config.featurizer)
+  if featurizer is None:
+    featurizer = metrics.make_featurizer(eval_config.featurizer)
   human_features = featurizer(humans)
   model_features = featurizer(continuations)
   mauve = metrics.mauve(human_features, model_features, runs=eval_config.mauve_runs, seed=seed,

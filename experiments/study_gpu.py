@@ -205,8 +205,8 @@ def score(root, objectives, seeds):
         if "mauve" in json.load(f):
           continue
       config = make_config("study_gpu_finetune", [f"--config.seed={seed}"])
-      featurizer = featurizer or metrics.MemoizedFeaturizer(
-          metrics.make_featurizer(config.eval.featurizer))
+      if featurizer is None:
+        featurizer = metrics.MemoizedFeaturizer(metrics.make_featurizer(config.eval.featurizer))
       evaluate.score_generations(config, workdir, featurizer)
 
 

@@ -77,6 +77,9 @@ def test_best_directory_written_before_the_split_is_still_read(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   assert checkpointer.best_metrics() is None  # The trainer then reads best_metric.json.
   np.testing.assert_array_equal(checkpointer.read_best_params()["wte"], state["params"]["wte"])
+  restored = checkpointer.restore_best_params(checkpointing.abstract_like(state["params"]))
+  assert isinstance(restored["wte"], jax.Array)
+  np.testing.assert_array_equal(restored["ln"]["scale"], state["params"]["ln"]["scale"])
 
 
 def test_an_empty_workdir_names_the_missing_checkpoint(tmp_path):
