@@ -30,6 +30,20 @@ from emo_jax.models import convert  # pylint: disable=g-import-not-at-top,wrong-
 from emo_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def cost_terms(model, params, blocks) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mean ``(CE, DEMD, uniform DEMD)`` of ``model`` over next-token targets of ``blocks``
+  ``[B, L + 1]``, the cost embeddings being the model's own head (EMO's frozen-head default).
+  Uniform DEMD is ``1 - mean_i(ê_i)·ê_t``: DEMD of equal logits, in closed form."""
+  head = model.apply({"params": params}, method=model.output_embeddings)  # [V, d]
+  unit = losses.normalize_cost_embeddings(head)  # [V, d]
+  mean_unit = jnp.mean(unit, axis=0)  # [d]
+  logits = model.apply({"params": params}, blocks[:, :-1])  # [B, L, V]
+  targets = blocks[:, 1:]  # [B, L]
+  return (jnp.mean(losses.cross_entropy(logits, targets)),
+          jnp.mean(losses.demd(logits, targets, head)),
+          jnp.mean(1.0 - unit[targets] @ mean_unit))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--base", default=os.path.join(study.REPO, "workdirs", "study", "base",
@@ -39,17 +53,8 @@ def main(argv=None):
   model, variables = convert.from_pretrained(args.base, cost_embeddings="adaptive")
   params = variables["params"]
   tokenizer = load_tokenizer(None)
-
-  @jax.jit
-  def terms(params, blocks):  # The head is computed inside: no [V, d] constant to fold.
-    head = model.apply({"params": params}, method=model.output_embeddings)  # [V, d]
-    unit = losses.normalize_cost_embeddings(head)  # [V, d]
-    mean_unit = jnp.mean(unit, axis=0)  # [d]
-    logits = model.apply({"params": params}, blocks[:, :-1])  # [B, L, V]
-    targets = blocks[:, 1:]  # [B, L]
-    return (jnp.mean(losses.cross_entropy(logits, targets)),
-            jnp.mean(losses.demd(logits, targets, head)),
-            jnp.mean(1.0 - unit[targets] @ mean_unit))
+  # params as an argument, not a closure: no [V, d] constant folded into the program.
+  terms = jax.jit(lambda params, blocks: cost_terms(model, params, blocks))
 
   print("| corpus | base CE | base DEMD | uniform DEMD | uniform CE |\n|---|---:|---:|---:|---:|")
   for corpus in study.CORPORA:

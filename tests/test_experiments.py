@@ -193,6 +193,33 @@ def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
   assert study.read_timings(str(tmp_path)) == {("finetune", "ag_news", "emo", 1): {2: 30.0}}
 
 
+def test_cost_geometry_terms_match_direct_computations():
+  """The diagnosis behind the AG News / Tiny Shakespeare collapse: its closed-form uniform
+  DEMD must be DEMD of equal logits, and its CE/DEMD the losses module's on the model."""
+  import jax, jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import cost_geometry  # pylint: disable=g-import-not-at-top
+  from emo_jax import losses  # pylint: disable=g-import-not-at-top
+  from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel  # pylint: disable=g-import-not-at-top
+  model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=37, n_positions=16))
+  blocks = jax.random.randint(jax.random.key(1), (3, 9), 0, 37)
+  params = model.init(jax.random.key(0), blocks[:, :-1])["params"]
+  ce, demd, uniform = cost_geometry.cost_terms(model, params, blocks)
+
+  head = model.apply({"params": params}, method=model.output_embeddings)  # [V, d]
+  targets = blocks[:, 1:]
+  equal_logits = jnp.zeros(targets.shape + (37,))
+  np.testing.assert_allclose(uniform, jnp.mean(losses.demd(equal_logits, targets, head)),
+                             rtol=1e-5)
+  # And by hand in NumPy: the mean over positions of sum_i (1 - cos(e_i, e_t)) / V.
+  unit = np.asarray(head) / np.linalg.norm(np.asarray(head), axis=-1, keepdims=True)
+  by_hand = np.mean(1.0 - (unit[np.asarray(targets)] @ unit.T).mean(-1))
+  np.testing.assert_allclose(uniform, by_hand, rtol=1e-5)
+  logits = model.apply({"params": params}, blocks[:, :-1])
+  np.testing.assert_allclose(ce, jnp.mean(losses.cross_entropy(logits, targets)), rtol=1e-6)
+  np.testing.assert_allclose(demd, jnp.mean(losses.demd(logits, targets, head)), rtol=1e-6)
+  assert ce > 3.0 and 0.0 < uniform < 2.0  # A random tiny model predicts near uniform.
+
+
 def test_study_gpu_config_flags_follow_main_py():
   import study_gpu  # pylint: disable=g-import-not-at-top
   config = study_gpu.make_config("study_gpu_finetune", [
