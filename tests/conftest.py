@@ -1,12 +1,25 @@
 """Shared test setup: the local data folder and a quiet, CPU-only TensorFlow."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # TensorFlow (tf.data / TFDS) must never grab an accelerator that JAX wants.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# One persistent compilation cache for the whole test session, the main.py subprocesses
+# included (they inherit the environment): the resume tests start the same tiny training
+# program five times, and compiling it is about half of each run on this machine.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="emo_jax_test_compilation_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 _DEFAULT_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..",
                                               "shared", "data"))
