@@ -175,7 +175,10 @@ def markdown_report(table, baseline="mle") -> str:
       cells = []
       for metric, (_, higher) in METRICS.items():
         mean, std = np.mean(values[metric]), np.std(values[metric])
-        cell = f"{mean:.3f} ± {std:.3f}"
+        # Perplexities are in the hundreds; MAUVE and rep-2 can sit below 0.001 (Tiny
+        # Shakespeare's rep-2 is 0.0002-0.002), where three decimals would read 0.000.
+        digits = 1 if metric == "perplexity" else 4
+        cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
         if reference is not None and objective != baseline:
           # Pair runs by seed: only seeds both objectives finished.
           common = [s for s in values["seeds"] if s in reference["seeds"]]

@@ -96,6 +96,8 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
   # MAUVE +0.2 on every seed: a win; perplexity +1 on every seed: a loss (lower is better).
   assert "(win, p" in emo_row.split("|")[4] and "(loss, p" in emo_row.split("|")[3]
   assert "p=0.000" not in report
+  assert "| 31.0 ± 0.8 |" in report.splitlines()[4]  # MLE perplexity: one decimal ...
+  assert "| 0.0500 ± 0.0000 |" in report.splitlines()[4]  # ... rates: four.
   assert (study.format_p_value(0.0), study.format_p_value(0.0004)) == ("p<0.001", "p<0.001")
   assert study.format_p_value(0.0421) == "p=0.042"
   assert "(tie" in tailr_row.split("|")[4]
