@@ -124,6 +124,10 @@ def _chunked_pass(objective, with_grads, hidden, head, bias, labels, token_scale
   ``loss = Σ_i token_scale_i · loss_i``.
   """
   num_tokens, width = hidden.shape
+  # The head's matmuls take the activations' dtype (bf16 training keeps float32 parameters,
+  # and a bf16 x f32 product would silently run in float32); they accumulate in float32, and
+  # the head's gradient is accumulated and returned in its own dtype.
+  head_low = head.astype(hidden.dtype)  # [V, d]
   num_chunks = -(-num_tokens // chunk_size)
   padding = num_chunks * chunk_size - num_tokens
 
@@ -138,7 +142,7 @@ def _chunked_pass(objective, with_grads, hidden, head, bias, labels, token_scale
   def step(carry, chunk):
     hidden_c, labels_c, scale_c = chunk  # [C, d], [C], [C]
     probs, ce, target_prob, costs, demd = _chunk_terms(
-        objective, hidden_c, head, bias, labels_c, cost_terms)
+        objective, hidden_c, head_low, bias, labels_c, cost_terms)
     token_loss, combine_vjp = jax.vjp(
         lambda ce, demd: objective.combine(ce, demd, target_prob), ce, demd)
     loss_sum = jnp.sum(jnp.where(scale_c != 0, scale_c * token_loss, 0.0))
@@ -155,7 +159,7 @@ def _chunked_pass(objective, with_grads, hidden, head, bias, labels, token_scale
     d_logits = d_logits.at[jnp.arange(chunk_size), labels_c].add(-d_ce, mode="drop")
     d_logits_low = d_logits.astype(hidden_c.dtype)  # Matmul inputs in the model's dtype.
     d_hidden_c = jnp.einsum(
-        "cv,vd->cd", d_logits_low, head, preferred_element_type=jnp.float32)  # [C, d]
+        "cv,vd->cd", d_logits_low, head_low, preferred_element_type=jnp.float32)  # [C, d]
     d_head_acc = d_head_acc + jnp.einsum(
         "cv,cd->vd", d_logits_low, hidden_c, preferred_element_type=jnp.float32)  # [V, d]
     d_bias_acc = d_bias_acc + jnp.sum(d_logits, axis=0)  # [V]
@@ -275,7 +279,9 @@ _SHARED_ARGS_DOC = """
   Args:
     hidden: ``[..., d]`` final hidden states (after the last layer norm), any float dtype;
       matmuls run in this dtype and accumulate in float32.
-    head: ``[V, d]`` LM-head / tied embedding matrix.
+    head: ``[V, d]`` LM-head / tied embedding matrix, e.g. float32 parameters under bf16
+      activations: it enters the matmuls cast to ``hidden``'s dtype; its gradient comes back
+      in its own dtype.
     labels: ``[...]`` integer targets, already shifted; negative ids are ignored.
     bias: optional ``[V]`` head bias.
     weights: optional ``[...]`` float token weights (0 = ignore), e.g. the pipeline's

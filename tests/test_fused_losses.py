@@ -141,6 +141,38 @@ def test_bfloat16_inputs_accumulate_in_float32():
     np.testing.assert_allclose(np.asarray(got, np.float32) / scale, want / scale, atol=2e-2)
 
 
+def test_bfloat16_activations_with_float32_head_multiply_in_bfloat16():
+  """bf16 training: activations bf16, the head a float32 parameter. Every matmul with the
+  head must take bf16 operands (accumulating in f32), as the naive path's cast does; the
+  head's gradient stays float32."""
+  x = make_inputs(6)
+  hidden = jnp.asarray(x["hidden"], jnp.bfloat16)
+  loss_fn = lambda hidden, head: fused_losses.fused_emo(
+      hidden, head, x["labels"], x["cost"], weights=x["weights"], chunk_size=CHUNK)[0]
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+  hlo = grad_fn.lower(hidden, x["head"]).as_text()
+  # Operand types of each matmul: "... : (tensor<AxB>, tensor<CxD>) -> tensor<...>".
+  operands = [line.rsplit(" : (", 1)[1].split(") ->")[0] for line in hlo.splitlines()
+              if "dot_general" in line]
+  head_operands = [o for o in operands if f"tensor<{VOCAB}x{WIDTH}x" in o]
+  assert len(head_operands) >= 2, operands  # The logits and d_hidden matmuls at least.
+  assert all(f"tensor<{VOCAB}x{WIDTH}xf32>" not in o for o in head_operands), head_operands
+  value, (d_hidden, d_head) = grad_fn(hidden, x["head"])
+  assert (d_hidden.dtype, d_head.dtype) == (jnp.bfloat16, jnp.float32)
+  # The naive path (losses.emo on logits of the bf16-cast head) gives the same numbers.
+  def naive(hidden, head):
+    logits = jnp.einsum("...d,vd->...v", hidden, head.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    per_token = losses.emo(logits, x["labels"], x["cost"])
+    weights = x["weights"] * (x["labels"] >= 0)
+    return jnp.sum(per_token * weights) / jnp.sum(weights)
+  expected, (_, expected_d_head) = jax.value_and_grad(naive, argnums=(0, 1))(
+      hidden, x["head"])
+  np.testing.assert_allclose(value, expected, rtol=1e-4)
+  scale = np.abs(expected_d_head).max()
+  np.testing.assert_allclose(d_head / scale, expected_d_head / scale, atol=2e-2)
+
+
 def test_no_tokens_to_learn_from_gives_zero_and_zero_gradients():
   x = make_inputs(5)
   labels = np.full(SHAPE, -100, np.int32)
