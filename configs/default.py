@@ -20,12 +20,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- Model ---------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
-  # HF directory or hub name of a pretrained GPT-2; '' trains `preset` from scratch.
+  # Pretrained model: a packaged name ('smollm2-135m'), a .gguf file, an HF directory (GPT-2
+  # or LLaMA) or a hub name (online); '' trains `family` / `preset` from scratch.
   config.model.pretrained = ""
-  # GPT2Config.preset for from-scratch runs: tiny | small-cpu | gpt2 | gpt2-medium | ...
+  config.model.family = "gpt2"  # From scratch: gpt2 | llama.
+  # The family's preset: gpt2: tiny | small-cpu | gpt2 | gpt2-medium | ...; llama: tiny |
+  # smollm2-135m. The vocabulary is the tokenizer's.
   config.model.preset = "tiny"
-  config.model.n_positions = 128  # Context length of a from-scratch model (>= block_size).
-  config.model.dropout = 0.0  # Embedding / attention / residual dropout rate.
+  config.model.max_length = 128  # Longest input of a from-scratch model (>= block_size).
+  # Dropout rate (GPT-2: embedding / attention / residual; LLaMA: attention weights).
+  config.model.dropout = 0.0
   config.model.dtype = "float32"  # Activation dtype ('bfloat16' on accelerators).
   config.model.param_dtype = "float32"  # Parameters and optimizer state stay float32.
   config.model.remat = False  # Rematerialise each block in the backward pass.
@@ -44,7 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.manual_dir = ""  # Folder laid out like shared/data; '' reads $EMO_JAX_DATA.
-  config.data.tokenizer_dir = ""  # HF tokenizer directory; '' uses the packaged GPT-2 BPE.
+  # Tokenizer: any model source ('gpt2' = the packaged GPT-2 BPE, 'smollm2-135m', a .gguf, an
+  # HF directory); '' = the pretrained model's own, or GPT-2's BPE from scratch.
+  config.data.tokenizer = ""
   config.data.block_size = 64  # Tokens per training example (the paper uses 256).
   config.data.max_eval_blocks = 256  # Cap on validation blocks per evaluation (0 = all).
 

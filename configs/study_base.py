@@ -19,7 +19,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model.preset = "small-cpu"
-  config.model.n_positions = 256  # Fine-tuning blocks (128) plus room for 80-token samples.
+  config.model.max_length = 256  # Fine-tuning blocks (128) plus room for 80-token samples.
   config.model.dropout = 0.0
 
   config.data.corpus = "wikitext2+ptb"

@@ -179,3 +179,23 @@ def read_documents(corpus: str, split: str, manual_dir: str | None = None,
   if not documents:
     raise ValueError(f"corpus {corpus!r} split {split!r} is empty.")
   return documents
+
+
+def read_split(data_config, split: str) -> list[str]:
+  """The documents of one split of a run's ``config.data``: upstream files or TFDS.
+
+  ``data.corpus`` may join corpora with ``+`` (``'wikitext2+ptb'``): their documents are
+  concatenated in that order (the training iterator shuffles blocks anyway).
+  """
+  manual_dir = data_config.manual_dir or None
+  if data_config.source not in ("files", "tfds"):
+    raise ValueError(f"data.source must be 'files' or 'tfds', got {data_config.source!r}.")
+  documents = []
+  for corpus in data_config.corpus.split("+"):
+    if data_config.source == "tfds":
+      from emo_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (imports TF)
+      documents += tfds_builders.load_documents(corpus, split, data_config.tfds_dir or None,
+                                                manual_dir)
+    else:
+      documents += read_documents(corpus, split, manual_dir, data_config.text_field)
+  return documents

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emo_jax import losses
+from emo_jax.models import causal_lm
 
 COLLECTION = "cost"
 FROZEN_HEAD, ADAPTIVE = "frozen_head", "adaptive"
@@ -35,7 +36,7 @@ FROZEN_HEAD, ADAPTIVE = "frozen_head", "adaptive"
 
 def head_matrix(model, params) -> jax.Array:
   """The model's ``[V, d]`` output matrix, read through the model (never by path)."""
-  return model.apply({"params": params}, method=model.output_embeddings)
+  return causal_lm.output_embeddings(model, params)
 
 
 def make_cost_collection(model, params, source: str | np.ndarray | jax.Array) -> dict:
@@ -49,7 +50,7 @@ def make_cost_collection(model, params, source: str | np.ndarray | jax.Array) ->
     embeddings = head_matrix(model, params)
   else:
     embeddings = jnp.asarray(source)
-  vocab_size = model.config.vocab_size
+  vocab_size = model.vocab_size
   losses.check_cost_embeddings(embeddings, vocab_size)
   return {COLLECTION: {"embeddings": losses.normalize_cost_embeddings(
       jax.lax.stop_gradient(embeddings)).astype(jnp.float32)}}

@@ -33,14 +33,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from emo_jax import checkpointing
+from emo_jax import corpora
 from emo_jax import input_pipeline
 from emo_jax import metrics
+from emo_jax import models
 from emo_jax import prompts as prompts_lib
 from emo_jax import sampling
 from emo_jax import sharding
-from emo_jax import train
-from emo_jax.models import convert
-from emo_jax.tokenizer import load_tokenizer
+from emo_jax import tokenizer as tokenizer_lib
 
 GENERATIONS = "generations.jsonl"  # Next to eval.json: what --mode score reads.
 
@@ -48,8 +48,8 @@ GENERATIONS = "generations.jsonl"  # Next to eval.json: what --mode score reads.
 def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
   """``(model, params, description)`` of ``eval.model`` or of the workdir's best checkpoint."""
   if config.eval.model:
-    model, variables = convert.from_pretrained(config.eval.model, cost_embeddings="adaptive")
-    return model, variables["params"], config.eval.model
+    model, params = models.from_pretrained(config.eval.model)
+    return model, params, config.eval.model
   checkpointer = checkpointing.Checkpointer(workdir)
   if checkpointer.best_step() is None and checkpointer.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {workdir} (and eval.model is empty): train "
@@ -58,16 +58,24 @@ def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
   params = checkpointer.read_best_params() if best else checkpointer.read_state()["params"]
   step = checkpointer.best_step() if best else checkpointer.latest_step()
   checkpointer.close()
-  model, _ = train.build_model(config, load_weights=False)  # Weights: the checkpoint.
+  tokenizer = _tokenizer(config)
+  model, _ = models.from_model_config(config.model, vocab_size=tokenizer.vocab_size,
+                                      load_weights=False)  # Weights: the checkpoint.
   description = f"{workdir} ({'best' if best else 'latest'} checkpoint, step {step})"
   return model, jax.tree.map(jnp.asarray, params), description
 
 
+def _tokenizer(config) -> tokenizer_lib.Tokenizer:
+  """``data.tokenizer`` if set, else the tokenizer of the model being evaluated."""
+  return tokenizer_lib.resolve_tokenizer(config.data.tokenizer,
+                                         config.eval.model or config.model.pretrained)
+
+
 def _distribution_measures(model, params, reference, reference_params, blocks, batch_size=8):
   """Token-weighted distribution measures of the model against the reference on ``blocks``."""
-  if reference.config.vocab_size != model.config.vocab_size:
-    raise ValueError(f"reference vocab {reference.config.vocab_size} != model vocab "
-                     f"{model.config.vocab_size}.")
+  if reference.vocab_size != model.vocab_size:
+    raise ValueError(f"reference vocab {reference.vocab_size} != model vocab "
+                     f"{model.vocab_size}.")
 
   @jax.jit
   def sums(params, reference_params, batch):
@@ -91,15 +99,15 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   model, params, description = load_model_for_eval(config, workdir)
-  tokenizer = load_tokenizer(config.data.tokenizer_dir or None)
-  tokenizer.check_model_vocab(model.config.vocab_size)
+  tokenizer = _tokenizer(config)
+  tokenizer.check_model_vocab(model.vocab_size)
   results: dict[str, Any] = {"model": description, "corpus": config.data.corpus,
                              "split": eval_config.split, "seed": config.seed}
   timings = {}
 
   start = time.time()
-  documents = train.read_documents(config.data, eval_config.split)
-  block_size = min(config.data.block_size, model.config.n_positions)
+  documents = corpora.read_split(config.data, eval_config.split)
+  block_size = min(config.data.block_size, model.max_length)
   blocks = input_pipeline.tokenize_and_pack(documents, tokenizer, block_size,
                                             name=f"{config.data.corpus}/{eval_config.split}")
   if eval_config.max_blocks:
@@ -114,11 +122,12 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   start = time.time()
   prompt_set = prompts_lib.make_prompts(config.data.corpus, documents, eval_config.num_prompts)
   prompt_ids = tokenizer.encode_batch([p.prefix for p in prompt_set])
-  longest = model.config.n_positions - eval_config.max_new_tokens
+  longest = model.max_length - eval_config.max_new_tokens
   prompt_ids = [ids[-longest:] for ids in prompt_ids]  # Keep the prefix's end if too long.
   generated = sampling.generate(
       model, params, prompt_ids, jax.random.key(config.seed),
       max_new_tokens=eval_config.max_new_tokens, batch_size=batch_size, mesh=mesh,
+      pad_id=tokenizer.pad_id,
       temperature=eval_config.temperature, top_k=eval_config.top_k,
       top_p=eval_config.top_p, typical_p=eval_config.typical_p, greedy=eval_config.greedy)
   continuations = tokenizer.decode_batch(generated)
@@ -137,13 +146,12 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   if eval_config.reference_model:
     start = time.time()
-    reference, reference_vars = convert.from_pretrained(eval_config.reference_model,
-                                                        cost_embeddings="adaptive")
-    ce_sum, count = metrics.continuation_ce_sums(reference, reference_vars["params"],
-                                                 prompt_ids, generated, batch_size)
+    reference, reference_params = models.from_pretrained(eval_config.reference_model)
+    ce_sum, count = metrics.continuation_ce_sums(reference, reference_params, prompt_ids,
+                                                 generated, batch_size, tokenizer.pad_id)
     results["oracle_perplexity"] = metrics.perplexity_from_sums(ce_sum, count)
     results["distribution"] = _distribution_measures(
-        model, params, reference, reference_vars["params"], blocks)
+        model, params, reference, reference_params, blocks)
     timings["reference_s"] = time.time() - start
   results["timings"] = timings
   results["examples"] = [

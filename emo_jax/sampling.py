@@ -104,12 +104,12 @@ def sample(model, params, prompt_ids, prompt_mask, rng, row_offset=0, *,
   """``[B, max_new_tokens]`` continuations of left-padded prompts.
 
   Args:
-    model: a GPT-2 module (static); params: its parameters.
+    model: a causal LM (:class:`emo_jax.models.CausalLM`, static); params: its parameters.
     prompt_ids, prompt_mask: ``[B, P]`` from :func:`left_pad`.
     rng: a PRNG key; row ``b`` uses ``fold_in(rng, row_offset + b)``, so a row's sample
       does not depend on the other rows of the batch (nor, through ``row_offset``, on how a
       long prompt list was cut into batches).
-    max_new_tokens: tokens generated per row; ``P + max_new_tokens <= n_positions``.
+    max_new_tokens: tokens generated per row; ``P + max_new_tokens <= model.max_length``.
     temperature, top_k, top_p, typical_p: see :func:`filter_logits`.
     greedy: argmax instead of sampling (then the filters do not matter).
     eos_id: if given, a row that emits it stops: every later token is ``eos_id`` too
@@ -118,9 +118,9 @@ def sample(model, params, prompt_ids, prompt_mask, rng, row_offset=0, *,
   """
   batch, prompt_length = prompt_ids.shape
   total = prompt_length + max_new_tokens
-  if total > model.config.n_positions:
+  if total > model.max_length:
     raise ValueError(f"prompt {prompt_length} + {max_new_tokens} new tokens exceeds "
-                     f"n_positions={model.config.n_positions}.")
+                     f"max_length={model.max_length}.")
   # Only the cache's shapes are needed from init: eval_shape runs no initialiser.
   cache_shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((batch, total), jnp.int32),

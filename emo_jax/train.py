@@ -1,7 +1,8 @@
 """Training: the only module that reads the config, binds the objective and runs the loop.
 
 ``train_and_evaluate(config, workdir)``: resume from the workdir if it holds a checkpoint,
-else load the pretrained HF model named by the config, else initialise from scratch; then
+else load the pretrained model named by ``model.pretrained`` (any
+:func:`emo_jax.models.from_pretrained` source), else initialise ``model.family`` from scratch; then
 train with the configured objective (after ``loss.mle_warmup_steps`` of MLE), evaluate
 perplexity, keep periodic and best checkpoints, and finally export the best model to an HF
 directory and print a few samples.
@@ -36,12 +37,11 @@ from emo_jax import fused_losses
 from emo_jax import input_pipeline
 from emo_jax import losses
 from emo_jax import metrics as metrics_lib
+from emo_jax import models
 from emo_jax import run_logging
 from emo_jax import sampling
 from emo_jax import sharding
-from emo_jax.models import convert
-from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
-from emo_jax.tokenizer import load_tokenizer
+from emo_jax import tokenizer as tokenizer_lib
 
 # An objective maps (hidden [..., d], head [V, d], targets [...], weights [...], cost
 # [V, d_c] | None) to (summed loss, per-token aux dict). Sums, not means: gradient
@@ -152,16 +152,6 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
 # ----------------------------------------------------------------------------------------
 
 
-def _model_outputs(model, params, inputs, dropout_rng):
-  """Final hidden states and the ``[V, d]`` head, with dropout when the rate is > 0."""
-  deterministic = dropout_rng is None
-  rngs = {} if deterministic else {"dropout": dropout_rng}
-  hidden = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs,
-                       method=model.hidden_states)
-  head = model.apply({"params": params}, method=model.output_embeddings)
-  return hidden, head
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimizer,
                objective: Objective, skip_nonfinite: bool, use_dropout: bool):
   """One optimizer step over ``batch`` arrays ``[accum, micro_batch, length]``.
@@ -173,8 +163,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
   cost = None if state.cost is None else state.cost["embeddings"]
 
   def micro_loss(params, micro, rng):
-    hidden, head = _model_outputs(model, params, micro["inputs"],
-                                  rng if use_dropout else None)
+    hidden, head = models.hidden_states_and_head(
+        model, params, micro["inputs"], dropout_rng=rng if use_dropout else None)
     return objective(hidden, head, micro["targets"], micro["weights"],
                      cost_lib.cost_or_head(cost, head))
 
@@ -216,40 +206,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
 # ----------------------------------------------------------------------------------------
 
 
-def _dtype(name: str):
-  try:
-    return jnp.dtype(name)
-  except TypeError as e:
-    raise ValueError(f"unknown dtype {name!r} in the model config.") from e
-
-
-def build_model(config, load_weights: bool = True
-                ) -> tuple[GPT2LMHeadModel, dict[str, Any] | None]:
-  """The model, plus HF variables when ``model.pretrained`` names a checkpoint (unless
-  ``load_weights`` is False: then only its architecture is read, e.g. to restore a
-  checkpoint of a fine-tuning run)."""
-  model_config = config.model
-  dtype, param_dtype = _dtype(model_config.dtype), _dtype(model_config.param_dtype)
-  dropout = dict(embd_pdrop=model_config.dropout, attn_pdrop=model_config.dropout,
-                 resid_pdrop=model_config.dropout)
-  if model_config.pretrained and load_weights:
-    return convert.from_pretrained(
-        model_config.pretrained, dtype=dtype, param_dtype=param_dtype,
-        cost_embeddings=config.loss.cost_source, remat=model_config.remat, **dropout)
-  if model_config.pretrained:
-    architecture = convert.pretrained_config(model_config.pretrained)
-    gpt2_config = GPT2Config(**{**architecture.__dict__, **dropout})
-  else:
-    gpt2_config = GPT2Config.preset(model_config.preset, n_positions=model_config.n_positions,
-                                    **dropout)
-  return GPT2LMHeadModel(gpt2_config, dtype=dtype, param_dtype=param_dtype,
-                         remat=model_config.remat), None
-
-
 def _check_config(config) -> None:
-  if config.data.block_size > config.model.n_positions and not config.model.pretrained:
+  if config.data.block_size > config.model.max_length and not config.model.pretrained:
     raise ValueError(f"data.block_size ({config.data.block_size}) exceeds the model's "
-                     f"n_positions ({config.model.n_positions}).")
+                     f"max_length ({config.model.max_length}).")
   if config.train.nan_policy not in ("stop", "skip"):
     raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got "
                      f"{config.train.nan_policy!r}.")
@@ -282,7 +242,7 @@ def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholde
     if use_cost_placeholder:
       # Filled when MLE warm-up ends (from-scratch 'frozen_head') or by the loaded model.
       cost = {"embeddings": nn.Partitioned(
-          jnp.zeros((model.config.vocab_size, cost_dim), jnp.float32), ("vocab", "embed"))}
+          jnp.zeros((model.vocab_size, cost_dim), jnp.float32), ("vocab", "embed"))}
     return TrainState(step=jnp.array(0, jnp.int32), params=params,
                       opt_state=optimizer.init(params),
                       rng=jax.random.key_data(state_rng), cost=cost)
@@ -298,35 +258,14 @@ class _Data:
   tokenizer: Any
 
 
-def read_documents(data_config: ml_collections.ConfigDict, split: str) -> list[str]:
-  """The documents of one split, from the upstream files or through TFDS.
-
-  ``data.corpus`` may join corpora with ``+`` (``'wikitext2+ptb'``): their documents are
-  concatenated in that order (the training iterator shuffles blocks anyway).
-  """
-  manual_dir = data_config.manual_dir or None
-  if data_config.source not in ("files", "tfds"):
-    raise ValueError(f"data.source must be 'files' or 'tfds', got {data_config.source!r}.")
-  documents = []
-  for corpus in data_config.corpus.split("+"):
-    if data_config.source == "tfds":
-      from emo_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (imports TF)
-      documents += tfds_builders.load_documents(corpus, split, data_config.tfds_dir or None,
-                                                manual_dir)
-    else:
-      documents += corpora.read_documents(corpus, split, manual_dir, data_config.text_field)
-  return documents
-
-
-def load_data(config, model) -> _Data:
-  tokenizer = load_tokenizer(config.data.tokenizer_dir or None)
-  tokenizer.check_model_vocab(model.config.vocab_size)
-  if config.data.block_size > model.config.n_positions:
+def load_data(config, model, tokenizer) -> _Data:
+  tokenizer.check_model_vocab(model.vocab_size)
+  if config.data.block_size > model.max_length:
     raise ValueError(f"data.block_size ({config.data.block_size}) exceeds the model's "
-                     f"n_positions ({model.config.n_positions}).")
+                     f"max_length ({model.max_length}).")
   blocks = {}
   for split in (config.data.train_split, config.data.eval_split):
-    documents = read_documents(config.data, split)
+    documents = corpora.read_split(config.data, split)
     blocks[split] = input_pipeline.tokenize_and_pack(
         documents, tokenizer, config.data.block_size, name=f"{config.data.corpus}/{split}")
   eval_blocks = blocks[config.data.eval_split]
@@ -385,37 +324,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json_best_effort(indent=2))
 
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  model, pretrained = build_model(config)
-  data = load_data(config, model)
+  tokenizer = tokenizer_lib.resolve_tokenizer(config.data.tokenizer, config.model.pretrained)
+  checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  resuming = checkpointer.latest_step() is not None
+  # A resumed run reads its weights from the checkpoint: only the architecture is loaded.
+  model, pretrained_params = models.from_model_config(
+      config.model, vocab_size=tokenizer.vocab_size, load_weights=not resuming)
+  data = load_data(config, model, tokenizer)
   total_steps = (config.train.num_epochs * data.train.batches_per_epoch
                  if config.train.num_epochs else config.train.num_steps)
   optimizer, schedule = make_optimizer(config.optim, total_steps)
 
   frozen = config.loss.cost_source == cost_lib.FROZEN_HEAD
-  cost_dim = (pretrained["cost"]["embeddings"].shape[1]
-              if pretrained and "cost" in pretrained else model.config.n_embd)
   state, state_shardings = create_train_state(
       model, optimizer, mesh, jax.random.key(config.seed), config.data.block_size,
-      use_cost_placeholder=frozen, cost_dim=cost_dim)
+      use_cost_placeholder=frozen, cost_dim=model.hidden_size)
 
-  checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  # The frozen cost: the pretrained head at step 0 (the paper's recipe) or, from scratch, the
+  # head as MLE warm-up leaves it.
+  snapshot_cost = jax.jit(
+      lambda params: cost_lib.make_cost_collection(model, params, cost_lib.FROZEN_HEAD)[
+          cost_lib.COLLECTION], out_shardings=state_shardings.cost)
   warmup_steps = config.loss.mle_warmup_steps
-  # From scratch, the frozen cost is the head as MLE warm-up leaves it; a pretrained model
-  # brought its own head copy at load.
   # (The collection exists for every objective, so a workdir can resume under another one,
   # but only EMO reads it: MLE/MixCE/TaiLr runs skip the snapshot.)
-  snapshot_step = (warmup_steps if frozen and pretrained is None and config.loss.name == "emo"
+  from_scratch = not config.model.pretrained
+  snapshot_step = (warmup_steps if frozen and from_scratch and config.loss.name == "emo"
                    else None)
-  if checkpointer.latest_step() is not None:
+  if resuming:
     state, data_state = checkpointer.restore(checkpointing.abstract_like(state))
     data.train.set_state(data_state["train"])
     logging.info("resumed from %s (step %d)", checkpointer.describe_latest(), int(state.step))
-  elif pretrained is not None:
-    params = jax.device_put(pretrained["params"], state_shardings.params)
-    cost = state.cost
-    if frozen:
-      cost = jax.device_put(pretrained["cost"], state_shardings.cost)
-    state = state.replace(params=params, cost=cost)
+  elif pretrained_params is not None:
+    params = jax.device_put(pretrained_params, state_shardings.params)
+    state = state.replace(params=params, cost=snapshot_cost(params) if frozen else state.cost)
+    del pretrained_params
     logging.info("loaded pretrained weights from %s", config.model.pretrained)
 
   main_objective = make_objective(config.loss)
@@ -434,10 +377,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps = {"warmup": compile_step(warmup_objective), "main": compile_step(main_objective)}
   eval_fn = jax.jit(functools.partial(metrics_lib.eval_step, model=model),
                     in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, 2)))
-  snapshot_cost = jax.jit(
-      lambda params: {"embeddings": cost_lib.make_cost_collection(
-          model, params, cost_lib.FROZEN_HEAD)["cost"]["embeddings"]},
-      out_shardings=state_shardings.cost)
 
   logger = run_logging.RunLogger(workdir, total_steps, enabled=is_main)
   preemption = _Preemption()
@@ -510,7 +449,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best_params = checkpointer.restore_best_params(checkpointing.abstract_like(state.params))
   if config.train.export_hf and is_main:
     export_dir = os.path.join(workdir, "hf_export")
-    convert.save_pretrained({"params": best_params}, model.config, export_dir)
+    models.save_pretrained(model, best_params, export_dir)
+    data.tokenizer.save(export_dir)
     results["hf_export"] = export_dir
   if config.train.num_samples and is_main:
     results["samples"] = _print_samples(model, best_params, data, config)
@@ -533,7 +473,7 @@ def _print_samples(model, params, data: _Data, config) -> list[dict[str, str]]:
   prefix = 16
   rows = data.eval_blocks[:config.train.num_samples]
   prompts = [[int(t) for t in row[:prefix] if t >= 0] for row in rows]
-  ids, mask = sampling.left_pad(prompts)
+  ids, mask = sampling.left_pad(prompts, data.tokenizer.pad_id)
   tokens = sampling.sample(model, params, ids, mask, jax.random.key(config.seed),
                            max_new_tokens=config.train.sample_tokens)
   samples = []

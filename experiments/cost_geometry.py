@@ -25,16 +25,15 @@ import study  # The study's corpora and layout (this script's folder is on sys.p
 sys.path.insert(0, study.REPO)
 
 from configs import study_finetune  # pylint: disable=g-import-not-at-top,wrong-import-position
-from emo_jax import input_pipeline, losses, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from emo_jax.models import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
-from emo_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from emo_jax import corpora, input_pipeline, losses, models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from emo_jax.tokenizer import tokenizer_for_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def cost_terms(model, params, blocks) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mean ``(CE, DEMD, uniform DEMD)`` of ``model`` over next-token targets of ``blocks``
   ``[B, L + 1]``, the cost embeddings being the model's own head (EMO's frozen-head default).
   Uniform DEMD is ``1 - mean_i(ê_i)·ê_t``: DEMD of equal logits, in closed form."""
-  head = model.apply({"params": params}, method=model.output_embeddings)  # [V, d]
+  head = models.output_embeddings(model, params)  # [V, d]
   unit = losses.normalize_cost_embeddings(head)  # [V, d]
   mean_unit = jnp.mean(unit, axis=0)  # [d]
   logits = model.apply({"params": params}, blocks[:, :-1])  # [B, L, V]
@@ -47,12 +46,12 @@ def cost_terms(model, params, blocks) -> tuple[jax.Array, jax.Array, jax.Array]:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--base", default=os.path.join(study.REPO, "workdirs", "study", "base",
-                                                     "hf_export"))
+                                                     "hf_export"),
+                      help="any model source: an HF directory, a .gguf, 'smollm2-135m'")
   parser.add_argument("--blocks", type=int, default=32, help="random training blocks a corpus")
   args = parser.parse_args(argv)
-  model, variables = convert.from_pretrained(args.base, cost_embeddings="adaptive")
-  params = variables["params"]
-  tokenizer = load_tokenizer(None)
+  model, params = models.from_pretrained(args.base)
+  tokenizer = tokenizer_for_model(args.base)
   # params as an argument, not a closure: no [V, d] constant folded into the program.
   terms = jax.jit(lambda params, blocks: cost_terms(model, params, blocks))
 
@@ -60,11 +59,11 @@ def main(argv=None):
   for corpus in study.CORPORA:
     config = study_finetune.get_config()
     config.data.corpus = corpus
-    blocks = input_pipeline.tokenize_and_pack(train.read_documents(config.data, "train"),
+    blocks = input_pipeline.tokenize_and_pack(corpora.read_split(config.data, "train"),
                                               tokenizer, config.data.block_size, name=corpus)
     chosen = np.random.default_rng(0).choice(len(blocks), args.blocks, replace=False)
     ce, demd, uniform = terms(params, jnp.asarray(blocks[np.sort(chosen)]))
-    print(f"| {corpus} | {ce:.2f} | {demd:.3f} | {uniform:.3f} | {np.log(model.config.vocab_size):.2f} |")
+    print(f"| {corpus} | {ce:.2f} | {demd:.3f} | {uniform:.3f} | {np.log(model.vocab_size):.2f} |")
 
 
 if __name__ == "__main__":

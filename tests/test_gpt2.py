@@ -12,7 +12,7 @@ import transformers
 
 from emo_jax import cost_embeddings as cost_lib
 from emo_jax import losses
-from emo_jax.models import convert
+from emo_jax import models
 from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from emo_jax.tokenizer import load_tokenizer, packaged_gpt2_files
 
@@ -53,8 +53,9 @@ def random_ids(vocab, shape, seed=0):
 
 def test_logits_match_transformers(hf_checkpoint):
   name, hf_model, directory = hf_checkpoint
-  model, variables = convert.from_pretrained(directory)
-  ids = random_ids(model.config.vocab_size, (3, 17))
+  model, params = models.from_pretrained(directory)
+  variables = {"params": params}
+  ids = random_ids(model.vocab_size, (3, 17))
   np.testing.assert_allclose(model.apply(variables, ids), torch_logits(hf_model, ids),
                              atol=1e-4, rtol=1e-4)
 
@@ -62,8 +63,9 @@ def test_logits_match_transformers(hf_checkpoint):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_logits_match_transformers_with_padding(hf_checkpoint, side):
   _, hf_model, directory = hf_checkpoint
-  model, variables = convert.from_pretrained(directory)
-  ids = random_ids(model.config.vocab_size, (3, 12), seed=1)
+  model, params = models.from_pretrained(directory)
+  variables = {"params": params}
+  ids = random_ids(model.vocab_size, (3, 12), seed=1)
   lengths = np.array([12, 7, 3])
   positions = np.arange(12)[None, :]
   mask = (positions < lengths[:, None]) if side == "right" else (
@@ -77,8 +79,9 @@ def test_logits_match_transformers_with_padding(hf_checkpoint, side):
 
 def test_bfloat16_activations_stay_close(hf_checkpoint):
   _, hf_model, directory = hf_checkpoint
-  model, variables = convert.from_pretrained(directory, dtype=jnp.bfloat16)
-  ids = random_ids(model.config.vocab_size, (2, 16), seed=2)
+  model, params = models.from_pretrained(directory, dtype=jnp.bfloat16)
+  variables = {"params": params}
+  ids = random_ids(model.vocab_size, (2, 16), seed=2)
   logits = model.apply(variables, ids)
   assert logits.dtype == jnp.float32
   want = torch_logits(hf_model, ids)
@@ -89,11 +92,12 @@ def test_bfloat16_activations_stay_close(hf_checkpoint):
 
 def test_export_round_trip_through_transformers(hf_checkpoint, tmp_path):
   _, hf_model, directory = hf_checkpoint
-  model, variables = convert.from_pretrained(directory)
-  convert.save_pretrained(variables, model.config, str(tmp_path))
+  model, params = models.from_pretrained(directory)
+  variables = {"params": params}
+  models.save_pretrained(model, params, str(tmp_path))
   reloaded = transformers.GPT2LMHeadModel.from_pretrained(
       str(tmp_path), attn_implementation="eager").eval()
-  ids = random_ids(model.config.vocab_size, (2, 11), seed=3)
+  ids = random_ids(model.vocab_size, (2, 11), seed=3)
   np.testing.assert_array_equal(torch_logits(reloaded, ids), torch_logits(hf_model, ids))
 
 
@@ -101,54 +105,11 @@ def test_pytorch_bin_checkpoint_loads(tmp_path):
   hf_model = build_hf_model("tied", seed=4)
   hf_model.config.save_pretrained(tmp_path)
   torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
-  model, variables = convert.from_pretrained(str(tmp_path))
-  ids = random_ids(model.config.vocab_size, (2, 9), seed=4)
+  model, params = models.from_pretrained(str(tmp_path))
+  variables = {"params": params}
+  ids = random_ids(model.vocab_size, (2, 9), seed=4)
   np.testing.assert_allclose(model.apply(variables, ids), torch_logits(hf_model, ids),
                              atol=1e-4, rtol=1e-4)
-
-
-def test_kv_cache_decoding_equals_full_forward():
-  config = GPT2Config.preset("tiny", vocab_size=101, n_positions=40)
-  model = GPT2LMHeadModel(config)
-  ids = random_ids(101, (2, 14), seed=5)
-  params = model.init(jax.random.key(0), ids)["params"]
-  full = model.apply({"params": params}, ids)  # [B, T, V]
-
-  cache = model.init(jax.random.key(0), jnp.zeros((2, 20), jnp.int32), decode=True)["cache"]
-  decode = jax.jit(lambda cache, ids, positions: model.apply(
-      {"params": params, "cache": cache}, ids, position_ids=positions, decode=True,
-      mutable=["cache"]))
-  prefill = 5
-  positions = np.broadcast_to(np.arange(14), (2, 14))
-  logits, state = decode(cache, ids[:, :prefill], positions[:, :prefill])
-  steps = [logits]
-  for t in range(prefill, 14):
-    logits, state = decode(state["cache"], ids[:, t:t + 1], positions[:, t:t + 1])
-    steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
-
-
-def test_hidden_states_and_head_give_the_logits():
-  config = GPT2Config.preset("tiny", vocab_size=101)
-  model = GPT2LMHeadModel(config)
-  ids = random_ids(101, (2, 8), seed=6)
-  variables = model.init(jax.random.key(1), ids)
-  hidden = model.apply(variables, ids, method=model.hidden_states)
-  head = model.apply(variables, method=model.output_embeddings)
-  assert hidden.shape == (2, 8, config.n_embd) and head.shape == (101, config.n_embd)
-  np.testing.assert_allclose(hidden @ head.T, model.apply(variables, ids), atol=1e-5)
-
-
-def test_kernels_carry_logical_axis_names():
-  model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=101))
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-  axes = jax.tree.map(lambda box: box.names, abstract["params"],
-                      is_leaf=lambda x: hasattr(x, "names"))
-  assert axes["wte"]["embedding"] == ("vocab", "embed")
-  assert axes["h_0"]["mlp"]["c_fc"]["kernel"] == ("embed", "mlp")
-  assert axes["h_1"]["attn"]["c_attn"]["kernel"] == ("embed", "qkv")
-  assert all(isinstance(names, tuple) for names in jax.tree.leaves(
-      axes, is_leaf=lambda x: isinstance(x, tuple)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -158,7 +119,9 @@ def test_kernels_carry_logical_axis_names():
 
 def test_frozen_head_cost_is_the_normalised_head_at_load(hf_checkpoint):
   _, hf_model, directory = hf_checkpoint
-  model, variables = convert.from_pretrained(directory)
+  model, params = models.from_pretrained(directory)
+  variables = {"params": params, **cost_lib.make_cost_collection(model, params,
+                                                                 cost_lib.FROZEN_HEAD)}
   head = hf_model.lm_head.weight.detach().numpy()
   expected = head / np.linalg.norm(head, axis=-1, keepdims=True)
   np.testing.assert_allclose(variables["cost"]["embeddings"], expected, rtol=1e-6, atol=1e-7)
@@ -171,19 +134,19 @@ def test_frozen_head_cost_is_the_normalised_head_at_load(hf_checkpoint):
 
 def test_adaptive_cost_follows_the_head_without_gradient(hf_checkpoint):
   _, _, directory = hf_checkpoint
-  model, variables = convert.from_pretrained(directory, cost_embeddings="adaptive")
-  assert "cost" not in variables
-  ids = random_ids(model.config.vocab_size, (2, 6), seed=7)
+  model, params = models.from_pretrained(directory)
+  assert cost_lib.make_cost_collection(model, params, cost_lib.ADAPTIVE) == {}
+  ids = random_ids(model.vocab_size, (2, 6), seed=7)
 
   def loss(params, stop):
     cost = cost_lib.resolve(model, {"params": params}) if stop else (
-        model.apply({"params": params}, method=model.output_embeddings))
+        models.output_embeddings(model, params))
     logits = model.apply({"params": params}, ids)
     return losses.masked_mean(losses.demd(logits[:, :-1], ids[:, 1:], cost))
 
   grad = jax.jit(jax.grad(loss), static_argnums=1)
-  with_sg = grad(variables["params"], True)
-  without_sg = grad(variables["params"], False)
+  with_sg = grad(params, True)
+  without_sg = grad(params, False)
   head_path = ("lm_head",) if not model.config.tie_word_embeddings else ("wte", "embedding")
   pick = lambda tree: tree[head_path[0]] if len(head_path) == 1 else tree[head_path[0]][
       head_path[1]]
@@ -194,14 +157,14 @@ def test_separate_cost_embeddings_with_another_width(hf_checkpoint):
   _, _, directory = hf_checkpoint
   vocab = HF_CONFIGS[hf_checkpoint[0]]["vocab_size"]
   other = np.random.default_rng(8).standard_normal((vocab, 7)).astype(np.float32)
-  model, variables = convert.from_pretrained(directory, cost_embeddings=other)
-  assert variables["cost"]["embeddings"].shape == (vocab, 7)
+  model, params = models.from_pretrained(directory)
+  cost = cost_lib.make_cost_collection(model, params, other)["cost"]["embeddings"]
+  assert cost.shape == (vocab, 7)
   ids = random_ids(vocab, (2, 6), seed=8)
-  value = losses.emo(model.apply(variables, ids)[:, :-1], ids[:, 1:],
-                     variables["cost"]["embeddings"])
+  value = losses.emo(model.apply({"params": params}, ids)[:, :-1], ids[:, 1:], cost)
   assert value.shape == (2, 5) and np.isfinite(value).all()
   with pytest.raises(ValueError, match="cost-embedding vocab"):
-    convert.from_pretrained(directory, cost_embeddings=other[:-1])
+    cost_lib.make_cost_collection(model, params, other[:-1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,28 +226,22 @@ def test_checkpoint_errors_name_the_tensor(tmp_path):
   def wrong_shape(t):
     t["transformer.h.1.mlp.c_fc.weight"] = t["transformer.h.1.mlp.c_fc.weight"][:, :-1].copy()
   with pytest.raises(ValueError, match=r"h\.1\.mlp\.c_fc\.weight has shape \(32, 127\)"):
-    convert.from_pretrained(_copy_checkpoint(directory, tmp_path / "a", wrong_shape))
+    models.from_pretrained(_copy_checkpoint(directory, tmp_path / "a", wrong_shape))
 
   def missing(t):
     del t["transformer.h.0.ln_2.bias"]
   with pytest.raises(ValueError, match=r"missing from the checkpoint: \['h\.0\.ln_2\.bias'\]"):
-    convert.from_pretrained(_copy_checkpoint(directory, tmp_path / "b", missing))
+    models.from_pretrained(_copy_checkpoint(directory, tmp_path / "b", missing))
 
   def unknown(t):
     t["transformer.h.0.adapter.weight"] = np.zeros(3, np.float32)
   with pytest.raises(ValueError, match=r"unknown tensors.*h\.0\.adapter\.weight"):
-    convert.from_pretrained(_copy_checkpoint(directory, tmp_path / "c", unknown))
+    models.from_pretrained(_copy_checkpoint(directory, tmp_path / "c", unknown))
 
   with pytest.raises(FileNotFoundError, match="local HF directory"):
-    convert.from_pretrained("no-such-model-name-offline")
+    models.from_pretrained("no-such-model-name-offline")
   with pytest.raises(FileNotFoundError, match="no model directory"):
-    convert.from_pretrained(str(tmp_path / "nowhere"))
-
-
-def test_sequence_longer_than_n_positions_is_an_error():
-  model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=50, n_positions=8))
-  with pytest.raises(ValueError, match="sequence length 9 exceeds n_positions=8"):
-    model.init(jax.random.key(0), jnp.zeros((1, 9), jnp.int32))
+    models.from_pretrained(str(tmp_path / "nowhere"))
 
 
 def test_tokenizer_vocab_larger_than_model_is_an_error():
@@ -330,26 +287,10 @@ def test_flax_msgpack_checkpoint_loads(tmp_path, name):
            if not (k == "lm_head.weight" and hf_model.config.tie_word_embeddings)}
   (tmp_path / "flax_model.msgpack").write_bytes(
       flax.serialization.msgpack_serialize(_hf_flax_layout(state)))
-  model, variables = convert.from_pretrained(str(tmp_path))
-  ids = random_ids(model.config.vocab_size, (2, 9), seed=9)
+  model, params = models.from_pretrained(str(tmp_path))
+  variables = {"params": params}
+  ids = random_ids(model.vocab_size, (2, 9), seed=9)
   np.testing.assert_allclose(model.apply(variables, ids), torch_logits(hf_model, ids),
                              atol=1e-4, rtol=1e-4)
 
 
-def test_remat_changes_memory_not_results():
-  config = GPT2Config.preset("tiny", vocab_size=101, embd_pdrop=0.0, attn_pdrop=0.0,
-                             resid_pdrop=0.0)
-  plain, remat = GPT2LMHeadModel(config), GPT2LMHeadModel(config, remat=True)
-  ids = random_ids(101, (2, 8), seed=10)
-  params = plain.init(jax.random.key(0), ids)["params"]
-  loss = lambda model: jax.jit(jax.value_and_grad(lambda p: losses.masked_mean(
-      losses.cross_entropy(model.apply({"params": p}, ids)[:, :-1], ids[:, 1:]))))(params)
-  (value_plain, grads_plain), (value_remat, grads_remat) = loss(plain), loss(remat)
-  np.testing.assert_allclose(value_remat, value_plain, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads_plain)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  def checkpoint_count(model):
-    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids).sum())(params)
-    return str(jaxpr).count("remat2[")  # The jaxpr name of jax.checkpoint regions.
-  assert checkpoint_count(plain) == 0
-  assert checkpoint_count(remat) == config.n_layer  # One rematerialised region per block.

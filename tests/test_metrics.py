@@ -96,7 +96,7 @@ def test_gpt2_featurizer_matches_mauve_text_recipe_on_transformers(tmp_path):
   hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
       vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
   hf.save_pretrained(str(tmp_path))
-  featurizer = metrics.GPT2Featurizer(str(tmp_path), batch_size=2)
+  featurizer = metrics.ModelFeaturizer(str(tmp_path), batch_size=2)
   texts = ["Hello world, this is a test.", "Short.", "A third text of a different length"]
   features = featurizer(texts)
   for text, feature in zip(texts, features):

@@ -29,16 +29,16 @@ def tiny():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _full_forward(model, params, padded):
-  return model.apply({"params": params}, padded)  # [1, n_positions, V]
+  return model.apply({"params": params}, padded)  # [1, max_length, V]
 
 
 def full_forward_logits(model, params, tokens):
   """Next-token logits after ``tokens`` from a cache-free forward pass of the row alone.
 
-  Right padding to n_positions changes nothing before it (causal attention) and compiles the
+  Right padding to max_length changes nothing before it (causal attention) and compiles the
   forward pass once for every length.
   """
-  padded = np.zeros((1, model.config.n_positions), np.int32)
+  padded = np.zeros((1, model.max_length), np.int32)
   padded[0, :len(tokens)] = tokens
   return _full_forward(model, params, padded)[0, len(tokens) - 1]
 
@@ -166,8 +166,8 @@ def test_sampling_frequencies_match_the_softmax(tiny):
   assert _chi_square_p_value(counts, hotter) < 1e-4
 
 
-def test_prompt_plus_new_tokens_beyond_n_positions_is_an_error(tiny):
+def test_prompt_plus_new_tokens_beyond_max_length_is_an_error(tiny):
   model, params = tiny
   ids, mask = sampling.left_pad([[1] * 20])
-  with pytest.raises(ValueError, match="exceeds n_positions"):
+  with pytest.raises(ValueError, match="exceeds max_length=24"):
     sampling.sample(model, params, ids, mask, jax.random.key(0), max_new_tokens=5)

@@ -6,7 +6,7 @@ import json
 import ml_collections
 import pytest
 
-from emo_jax import corpora, tfds_builders, train
+from emo_jax import corpora, tfds_builders
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +105,14 @@ def test_unknown_corpus_is_an_error():
 def test_trainer_reads_through_tfds_when_configured(tfds_dir, data_dir):
   data = ml_collections.ConfigDict(dict(source="tfds", corpus="ptb", manual_dir=data_dir,
                                         tfds_dir=tfds_dir, text_field="text"))
-  assert train.read_documents(data, "validation") == corpora.ptb("validation", data_dir)
+  assert corpora.read_split(data, "validation") == corpora.ptb("validation", data_dir)
   data.source = "hub"
   with pytest.raises(ValueError, match="data.source must be"):
-    train.read_documents(data, "validation")
+    corpora.read_split(data, "validation")
 
 
 def test_trainer_joins_corpora_with_plus(data_dir):
   data = ml_collections.ConfigDict(dict(source="files", corpus="ptb+wikitext2",
                                         manual_dir=data_dir, tfds_dir="", text_field="text"))
-  assert train.read_documents(data, "validation") == (
+  assert corpora.read_split(data, "validation") == (
       corpora.ptb("validation", data_dir) + corpora.wikitext2("validation", data_dir))

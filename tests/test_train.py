@@ -15,8 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from emo_jax import checkpointing, sharding, train
-from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from emo_jax import checkpointing, models, sharding, train
 from fake_devices import run_with_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A fast configuration for subprocess runs of main.py: tiny model, few steps, warm-up
 # switching to EMO halfway, evaluation and checkpoints every few steps.
 TINY_OVERRIDES = [
-    "--config.model.n_positions=32", "--config.data.block_size=16",
+    "--config.model.max_length=32", "--config.data.block_size=16",
     "--config.data.max_eval_blocks=8", "--config.train.batch_size=4",
     "--config.train.num_steps=12", "--config.train.log_every=1",
     "--config.train.eval_every=4", "--config.train.save_every=4",
@@ -177,7 +176,7 @@ def test_missing_hf_directory_and_block_size_errors(tmp_path):
   result = run_main(tmp_path, f"--config.model.pretrained={tmp_path}/no_model")
   assert result.returncode != 0 and "no model directory" in result.stderr
   result = run_main(tmp_path, "--config.data.block_size=64")
-  assert result.returncode != 0 and "exceeds the model's n_positions" in result.stderr
+  assert result.returncode != 0 and "exceeds the model's max_length" in result.stderr
 
 
 # ----------------------------------------------------------------------------------------
@@ -193,8 +192,7 @@ def tiny_setup(loss_name="emo", fused=True, vocab=67, sgd=False):
       "name": loss_name, "weighting": "mle", "max_weight": None,
       "detach_target_prob": False, "mixing_ratio": 0.5, "gamma": 0.5, "fused": fused,
       "chunk_size": 16})
-  model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=vocab, n_positions=16,
-                                            embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0))
+  model = models.from_config("gpt2", "tiny", vocab_size=vocab, max_length=16, dropout=0.0)
   optim = ml_collections.ConfigDict({
       "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.1,
       "b1": 0.9, "b2": 0.98, "eps": 1e-8, "grad_clip_norm": 1.0})
@@ -269,16 +267,16 @@ def test_nonfinite_step_is_skipped_when_configured():
     np.testing.assert_array_equal(a, b)
 
 
-def test_eight_device_step_equals_one_device_step():
-  output = run_with_devices("""
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_eight_device_step_equals_one_device_step(family):
+  output = run_with_devices(f"""
     import functools, jax, jax.numpy as jnp, numpy as np
     import ml_collections, optax
-    from emo_jax import sharding, train
-    from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+    from emo_jax import models, sharding, train
 
     vocab = 64
-    model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=vocab, n_positions=16,
-                                              embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0))
+    model = models.from_config("{family}", "tiny", vocab_size=vocab, max_length=16,
+                               dropout=0.0)
     loss = ml_collections.ConfigDict(dict(name="emo", weighting="mle", max_weight=None,
         detach_target_prob=False, mixing_ratio=0.5, gamma=0.5, fused=True, chunk_size=16))
     # SGD: parameter equality is then gradient equality (Adam's g/|g| amplifies float
@@ -287,8 +285,8 @@ def test_eight_device_step_equals_one_device_step():
     objective = train.make_objective(loss)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab, (1, 16, 9)).astype(np.int32)
-    batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
-             "weights": np.ones((1, 16, 8), np.float32)}
+    batch = {{"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
+             "weights": np.ones((1, 16, 8), np.float32)}}
 
     def run(mesh):
       state, shardings = train.create_train_state(model, optimizer, mesh, jax.random.key(0),
@@ -304,9 +302,9 @@ def test_eight_device_step_equals_one_device_step():
 
     single, _ = run(sharding.make_mesh(1, 1, devices=jax.devices()[:1]))
     multi, shardings = run(sharding.make_mesh(4, 2))
-    wte = multi.params["wte"]["embedding"]
-    assert wte.sharding.spec[0] == "fsdp", wte.sharding  # Born sharded over fsdp.
-    assert len(wte.addressable_shards) == 8 and wte.addressable_shards[0].data.shape[0] == 32
+    head = models.output_embeddings(model, multi.params)  # The tied embeddings.
+    assert head.sharding.spec[0] == "fsdp", head.sharding  # Born sharded over fsdp.
+    assert len(head.addressable_shards) == 8 and head.addressable_shards[0].data.shape[0] == 32
     for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(multi.params)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     print("eight devices ok")

@@ -23,6 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from emo_jax.models import layers
+from emo_jax.models.hf_checkpoint import Entry
+
 Array = jax.Array
 Dtype = Any
 
@@ -55,6 +58,17 @@ class GPT2Config:
   @property
   def mlp_width(self) -> int:
     return self.n_inner or 4 * self.n_embd
+
+  @property
+  def max_length(self) -> int:
+    return self.n_positions
+
+  def with_dropout(self, rate: float) -> GPT2Config:
+    """The same rate for embedding, attention and residual dropout."""
+    return dataclasses.replace(self, embd_pdrop=rate, attn_pdrop=rate, resid_pdrop=rate)
+
+  def with_max_length(self, length: int) -> GPT2Config:
+    return dataclasses.replace(self, n_positions=length)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> GPT2Config:
@@ -95,11 +109,7 @@ class GPT2Config:
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype,
            stddev: float = _INIT_STDDEV) -> nn.Dense:
-  return nn.Dense(
-      features, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
-  )
+  return layers.dense(features, axes, name, dtype, param_dtype, stddev=stddev)
 
 
 def _layer_norm(config: GPT2Config, name: str, dtype, param_dtype) -> nn.LayerNorm:
@@ -125,48 +135,12 @@ class CausalSelfAttention(nn.Module):
     split_heads = lambda t: t.reshape(batch, length, cfg.n_head, head_dim)
     query, key, value = map(split_heads, (query, key, value))  # [B, T, H, dh]
 
-    query_positions = jnp.arange(length)  # [T], relative to the first new token
-    if decode:
-      key, value, key_mask, offset = self._update_cache(key, value)
-      query_positions = query_positions + offset
-      key_positions = jnp.arange(key.shape[1])  # [S]: the cache's slots
-    else:
-      key_positions = query_positions
-      key_mask = jnp.ones((batch, length), jnp.bool_)
-    causal = key_positions[None, :] <= query_positions[:, None]  # [T, S]
-    mask = causal[None, None] & key_mask[:, None, None, :]  # [B, 1, T, S]
-    if attention_mask is not None:
-      mask = mask & attention_mask.astype(jnp.bool_)[:, None, None, :]
-
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key,
-                        preferred_element_type=jnp.float32) / jnp.sqrt(head_dim)  # [B,H,T,S]
-    # HF fills masked scores with the dtype's minimum, which keeps fully masked rows
-    # (left padding) finite: they average the values instead of producing NaN.
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # [B, H, T, S]
-    weights = nn.Dropout(cfg.attn_pdrop)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value).reshape(batch, length, width)
+    dropout = lambda w: nn.Dropout(cfg.attn_pdrop)(w, deterministic=deterministic)
+    out = layers.causal_attention(self, query, key, value, attention_mask, decode, self.dtype,
+                                  dropout).reshape(batch, length, width)  # [B, T, d]
     out = _dense(width, ("qkv", "embed"), "c_proj", self.dtype, self.param_dtype,
                  stddev=_INIT_STDDEV / jnp.sqrt(2 * cfg.n_layer))(out)  # [B, T, d]
     return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
-
-  def _update_cache(self, key, value):
-    """Writes the new keys/values at the cache index; returns the whole cache."""
-    is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    if not is_initialized:  # init: allocate [B, max_length, H, dh] and attend within input.
-      return key, value, jnp.ones(key.shape[:2], jnp.bool_), jnp.array(0, jnp.int32)
-    offset = cache_index.value
-    max_length = cached_key.value.shape[1]
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, offset, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(
-        cached_value.value, value, (0, offset, 0, 0))
-    cache_index.value = offset + key.shape[1]
-    filled = jnp.arange(max_length) < cache_index.value  # [S]
-    return (cached_key.value, cached_value.value,
-            jnp.broadcast_to(filled, (key.shape[0], max_length)), offset)
 
 
 class MLP(nn.Module):
@@ -199,7 +173,7 @@ class Block(nn.Module):
 
 
 class GPT2LMHeadModel(nn.Module):
-  """GPT-2 language model.
+  """GPT-2 language model (implements :class:`emo_jax.models.causal_lm.CausalLM`).
 
   Attributes:
     config: the architecture.
@@ -212,6 +186,20 @@ class GPT2LMHeadModel(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
+
+  family = "gpt2"
+
+  @property
+  def vocab_size(self) -> int:
+    return self.config.vocab_size
+
+  @property
+  def max_length(self) -> int:
+    return self.config.n_positions
+
+  @property
+  def hidden_size(self) -> int:
+    return self.config.n_embd
 
   def setup(self):
     cfg = self.config
@@ -246,16 +234,8 @@ class GPT2LMHeadModel(nn.Module):
       deterministic: False enables dropout (needs a ``dropout`` rng).
       decode: use and extend the KV cache (``cache`` collection, mutable).
     """
-    cfg = self.config
-    batch, length = input_ids.shape
-    if length > cfg.n_positions:
-      raise ValueError(
-          f"sequence length {length} exceeds n_positions={cfg.n_positions} of this model.")
-    if position_ids is None:
-      if decode and not self.is_initializing():  # Allocating the cache needs no positions.
-        raise ValueError("decode=True needs explicit position_ids: the caller knows where "
-                         "each row's new tokens sit (left padding shifts them).")
-      position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    position_ids = layers.check_positions(self, input_ids, position_ids, decode,
+                                          self.config.n_positions)
     x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, d]
     x = self.drop(x, deterministic=deterministic)
     for block in self.h:
@@ -275,3 +255,52 @@ class GPT2LMHeadModel(nn.Module):
     head = self.output_embeddings()  # [V, d]
     return jnp.einsum("btd,vd->btv", hidden, head.astype(self.dtype),
                       preferred_element_type=jnp.float32)  # [B, T, V]
+
+
+# ----------------------------------------------------------------------------------------
+# HF checkpoint layout.
+# ----------------------------------------------------------------------------------------
+
+HF_PREFIX = "transformer."
+# Non-parameter buffers that older GPT-2 checkpoints carry (the causal-mask constants).
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def hf_ignored(config: GPT2Config, name: str) -> bool:
+  """Checkpoint tensors that are not parameters (a tied head may be saved twice)."""
+  return name.endswith(_IGNORED_SUFFIXES) or (
+      name == "lm_head.weight" and config.tie_word_embeddings)
+
+
+def hf_parameter_table(config: GPT2Config) -> list[Entry]:
+  """Every parameter: HF name (without ``transformer.``), Flax path, Flax shape.
+
+  HF's GPT-2 uses ``Conv1D`` layers whose weights are stored ``[in, out]`` -- the same
+  layout as a Flax ``Dense`` kernel -- so no tensor needs a transpose.
+  """
+  d, mlp, vocab = config.n_embd, config.mlp_width, config.vocab_size
+  table = [
+      Entry("wte.weight", ("wte", "embedding"), (vocab, d)),
+      Entry("wpe.weight", ("wpe", "embedding"), (config.n_positions, d)),
+      Entry("ln_f.weight", ("ln_f", "scale"), (d,)),
+      Entry("ln_f.bias", ("ln_f", "bias"), (d,)),
+  ]
+  for i in range(config.n_layer):
+    layer = [
+        ("ln_1.weight", ("ln_1", "scale"), (d,)),
+        ("ln_1.bias", ("ln_1", "bias"), (d,)),
+        ("attn.c_attn.weight", ("attn", "c_attn", "kernel"), (d, 3 * d)),
+        ("attn.c_attn.bias", ("attn", "c_attn", "bias"), (3 * d,)),
+        ("attn.c_proj.weight", ("attn", "c_proj", "kernel"), (d, d)),
+        ("attn.c_proj.bias", ("attn", "c_proj", "bias"), (d,)),
+        ("ln_2.weight", ("ln_2", "scale"), (d,)),
+        ("ln_2.bias", ("ln_2", "bias"), (d,)),
+        ("mlp.c_fc.weight", ("mlp", "c_fc", "kernel"), (d, mlp)),
+        ("mlp.c_fc.bias", ("mlp", "c_fc", "bias"), (mlp,)),
+        ("mlp.c_proj.weight", ("mlp", "c_proj", "kernel"), (mlp, d)),
+        ("mlp.c_proj.bias", ("mlp", "c_proj", "bias"), (d,)),
+    ]
+    table += [Entry(f"h.{i}.{name}", (f"h_{i}", *path), shape) for name, path, shape in layer]
+  if not config.tie_word_embeddings:
+    table.append(Entry("lm_head.weight", ("lm_head",), (vocab, d)))
+  return table

@@ -1,0 +1,81 @@
+"""The causal-LM protocol every model family implements, and the few calls built on it.
+
+The trainer, sampling, metrics and evaluation see a model only through this protocol (as
+levanter's ``LmHeadModel``): they never branch on the family, and family-specific names
+(HF's ``n_positions``, ``n_embd``, ``max_position_embeddings`` ...) stay in the family's own
+files.
+
+A model is a Flax Linen module with
+
+* ``__call__(input_ids, attention_mask=None, position_ids=None, deterministic=True,
+  decode=False)`` -> float32 logits ``[B, T, V]``;
+* ``hidden_states(...)`` (same arguments) -> the LM head's input ``[B, T, d]``;
+* ``output_embeddings()`` -> the LM head as a ``[V, d]`` matrix (tied or not; no bias), which
+  the fused losses multiply chunk by chunk;
+* decoding with ``decode=True``: keys/values are appended to a ``cache`` collection
+  allocated by ``init`` with a ``[B, max_length]`` input, and ``position_ids`` are required;
+* the properties ``family``, ``vocab_size``, ``max_length`` (longest input) and
+  ``hidden_size`` (``d``), and fields ``config``, ``dtype``, ``param_dtype``, ``remat``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+
+Array = jax.Array
+
+
+@runtime_checkable
+class CausalLM(Protocol):
+  """What trainer, sampling and evaluation may use of a model (see the module docstring)."""
+
+  config: Any
+  dtype: Any
+  param_dtype: Any
+  remat: bool
+
+  @property
+  def family(self) -> str: ...
+
+  @property
+  def vocab_size(self) -> int: ...
+
+  @property
+  def max_length(self) -> int: ...
+
+  @property
+  def hidden_size(self) -> int: ...
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               position_ids: Array | None = None, deterministic: bool = True,
+               decode: bool = False) -> Array: ...
+
+  def hidden_states(self, input_ids: Array, attention_mask: Array | None = None,
+                    position_ids: Array | None = None, deterministic: bool = True,
+                    decode: bool = False) -> Array: ...
+
+  def output_embeddings(self) -> Array: ...
+
+
+def hidden_states_and_head(model: CausalLM, params, input_ids: Array,
+                           attention_mask: Array | None = None, *,
+                           dropout_rng: jax.Array | None = None) -> tuple[Array, Array]:
+  """Final hidden states ``[B, T, d]`` and the head ``[V, d]`` in one ``apply``.
+
+  Dropout is on exactly when ``dropout_rng`` is given.
+  """
+  deterministic = dropout_rng is None
+  rngs = {} if deterministic else {"dropout": dropout_rng}
+
+  def both(module, ids, mask):
+    return module.hidden_states(ids, mask, deterministic=deterministic), \
+        module.output_embeddings()
+
+  return model.apply({"params": params}, input_ids, attention_mask, rngs=rngs, method=both)
+
+
+def output_embeddings(model: CausalLM, params) -> Array:
+  """The model's ``[V, d]`` output matrix, read through the model (never by path)."""
+  return model.apply({"params": params}, method=lambda module: module.output_embeddings())
