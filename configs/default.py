@@ -102,10 +102,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.export_hf = True  # Write the best model as an HF directory at the end.
   config.train.num_samples = 3  # Continuations printed at the end (0 = none).
   config.train.sample_tokens = 40  # New tokens per sample.
+  # Before the first step, record the untouched model's validation perplexity and samples
+  # (base.json), and print them next to the trained model's at the end.
+  config.train.compare_with_base = False
 
   # ---- Evaluation (--mode eval) --------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
-  # HF directory to evaluate; '' = the best checkpoint of --workdir (trained with this config).
+  # Model to evaluate (any model.pretrained source); '' = the best checkpoint of --workdir.
   config.eval.model = ""
   config.eval.split = "test"  # Split for perplexity and for the MAUVE prompts.
   config.eval.max_blocks = 0  # Cap on perplexity blocks (0 = the whole split).
@@ -119,16 +122,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.top_p = 1.0
   config.eval.typical_p = 1.0
   config.eval.greedy = False
-  # MAUVE features: 'minilm' (offline sentence encoder; needs requirements-dev.txt) or an HF
-  # GPT-2 directory (gpt2-large = the paper's choice). Fixed across the runs you compare.
+  # MAUVE features: 'minilm' (offline sentence encoder; needs requirements-dev.txt) or a model
+  # (an HF directory -- gpt2-large is the paper's choice --, a .gguf, 'smollm2-135m'): its
+  # last-token hidden state. Fixed across the runs you compare.
   config.eval.featurizer = "minilm"
   config.eval.mauve_runs = 5  # k-means seeds; mean ± std reported.
   config.eval.mauve_scaling = 5.0  # MAUVE's c.
   # False: perplexity and generations.jsonl only; `--mode score` adds MAUVE/ROUGE/repetition
   # later (e.g. on a CPU host with the featurizer, after generating on an accelerator).
   config.eval.text_metrics = True
-  # Reference ("oracle") HF GPT-2 directory for the oracle perplexity of generations and the
-  # distribution measures (forward/reverse CE, TVD, reverse KL); '' skips them.
+  # Reference ("oracle") model (any model source) for the oracle perplexity of generations
+  # and the distribution measures (forward/reverse CE, TVD, reverse KL); '' skips them.
   config.eval.reference_model = ""
   config.eval.num_examples = 3  # Continuations printed next to the human ones.
 

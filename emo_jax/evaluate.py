@@ -45,8 +45,9 @@ from emo_jax import tokenizer as tokenizer_lib
 GENERATIONS = "generations.jsonl"  # Next to eval.json: what --mode score reads.
 
 
-def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
-  """``(model, params, description)`` of ``eval.model`` or of the workdir's best checkpoint."""
+def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str, vocab_size: int):
+  """``(model, params, description)`` of ``eval.model`` or of the workdir's best checkpoint
+  (``vocab_size``: the tokenizer's, for a from-scratch architecture)."""
   if config.eval.model:
     model, params = models.from_pretrained(config.eval.model)
     return model, params, config.eval.model
@@ -58,8 +59,7 @@ def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str):
   params = checkpointer.read_best_params() if best else checkpointer.read_state()["params"]
   step = checkpointer.best_step() if best else checkpointer.latest_step()
   checkpointer.close()
-  tokenizer = _tokenizer(config)
-  model, _ = models.from_model_config(config.model, vocab_size=tokenizer.vocab_size,
+  model, _ = models.from_model_config(config.model, vocab_size=vocab_size,
                                       load_weights=False)  # Weights: the checkpoint.
   description = f"{workdir} ({'best' if best else 'latest'} checkpoint, step {step})"
   return model, jax.tree.map(jnp.asarray, params), description
@@ -98,8 +98,8 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   eval_config = config.eval
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  model, params, description = load_model_for_eval(config, workdir)
   tokenizer = _tokenizer(config)
+  model, params, description = load_model_for_eval(config, workdir, tokenizer.vocab_size)
   tokenizer.check_model_vocab(model.vocab_size)
   results: dict[str, Any] = {"model": description, "corpus": config.data.corpus,
                              "split": eval_config.split, "seed": config.seed}

@@ -293,6 +293,9 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 # In the workdir: ``{"step", "eval/perplexity"}`` of the best checkpoint (a copy of what
 # best/<step>/metrics holds).
 BEST_METRIC_FILE = "best_metric.json"
+# In the workdir with train.compare_with_base: the untouched model's validation perplexity
+# and samples, recorded before the first step.
+BASE_FILE = "base.json"
 
 
 class _Preemption:
@@ -389,6 +392,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       best_metrics = json.load(f)
   best = best_metrics["eval/perplexity"] if best_metrics else float("inf")
   step = int(state.step)
+  if config.train.compare_with_base and not resuming:
+    # The untouched model's numbers, so the end of the run can show what training changed.
+    base = {"eval/perplexity": metrics_lib.perplexity(
+        eval_fn, state.params, data.eval_blocks, config.train.batch_size, mesh)}
+    logger.write(0, {"eval/perplexity": base["eval/perplexity"]})
+    if config.train.num_samples and is_main:
+      base["samples"] = _samples(model, state.params, data, config)
+    if is_main:
+      _write_json_atomically(os.path.join(workdir, BASE_FILE), base)
   last_time, last_step, last_logged = time.time(), step, {}
   try:
     while step < total_steps:
@@ -452,8 +464,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     models.save_pretrained(model, best_params, export_dir)
     data.tokenizer.save(export_dir)
     results["hf_export"] = export_dir
+  base_path = os.path.join(workdir, BASE_FILE)
+  if is_main and os.path.exists(base_path):
+    with open(base_path) as f:
+      results["base"] = json.load(f)
   if config.train.num_samples and is_main:
-    results["samples"] = _print_samples(model, best_params, data, config)
+    results["samples"] = _samples(model, best_params, data, config)
+    _print_samples(results["samples"], results.get("base", {}).get("samples"))
+  if is_main and "base" in results:
+    print(f"\nvalidation perplexity: base {results['base']['eval/perplexity']:.2f} -> "
+          f"fine-tuned {best:.2f} (best checkpoint)")
   if is_main:
     results["curves"] = run_logging.plot_curves(workdir)
     _write_json_atomically(os.path.join(workdir, "results.json"), results)
@@ -468,7 +488,7 @@ def _write_json_atomically(path: str, record: dict[str, Any]) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _print_samples(model, params, data: _Data, config) -> list[dict[str, str]]:
+def _samples(model, params, data: _Data, config) -> list[dict[str, str]]:
   """Unbiased (ancestral) continuations of validation prefixes, next to the truth."""
   prefix = 16
   rows = data.eval_blocks[:config.train.num_samples]
@@ -479,10 +499,18 @@ def _print_samples(model, params, data: _Data, config) -> list[dict[str, str]]:
   samples = []
   for prompt, row, continuation in zip(prompts, rows, np.asarray(tokens)):
     truth = [int(t) for t in row[prefix:prefix + config.train.sample_tokens] if t >= 0]
-    sample = {"prompt": data.tokenizer.decode(prompt),
-              "model": data.tokenizer.decode(continuation.tolist()),
-              "human": data.tokenizer.decode(truth)}
-    samples.append(sample)
-    print(f"\n--- prompt: {sample['prompt']!r}\n    model:  {sample['model']!r}\n"
-          f"    human:  {sample['human']!r}")
+    samples.append({"prompt": data.tokenizer.decode(prompt),
+                    "model": data.tokenizer.decode(continuation.tolist()),
+                    "human": data.tokenizer.decode(truth)})
   return samples
+
+
+def _print_samples(samples: list[dict[str, str]],
+                   base_samples: list[dict[str, str]] | None = None) -> None:
+  """Each prompt with the trained model's continuation (and the base's, when recorded)."""
+  for i, sample in enumerate(samples):
+    lines = [f"\n--- prompt: {sample['prompt']!r}"]
+    if base_samples and i < len(base_samples):
+      lines.append(f"    base:   {base_samples[i]['model']!r}")
+    lines += [f"    model:  {sample['model']!r}", f"    human:  {sample['human']!r}"]
+    print("\n".join(lines))

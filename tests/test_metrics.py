@@ -161,7 +161,7 @@ def test_memoized_featurizer_computes_each_text_list_once_and_changes_no_number(
 
 
 def test_unknown_featurizer_is_an_error():
-  with pytest.raises(ValueError, match="'minilm' or an HF GPT-2 directory"):
+  with pytest.raises(ValueError, match="must be 'minilm', an HF model directory, a .gguf file or a packaged"):
     metrics.make_featurizer("/no/such/dir")
 
 

@@ -134,15 +134,24 @@ def _hf_name(gguf_name: str) -> str | None:
   return None
 
 
+def _llama_config(reader, path: str) -> LlamaConfig:
+  metadata = {name: field.contents() for name, field in reader.fields.items()}
+  config = llama_config_from_metadata(metadata, path)
+  names = {t.name for t in reader.tensors}
+  return dataclasses.replace(config, tie_word_embeddings="output.weight" not in names)
+
+
+def read_llama_config(path: str) -> LlamaConfig:
+  """The architecture of a LLaMA GGUF (metadata and tensor names; no tensor is read)."""
+  return _llama_config(_reader(path), path)
+
+
 def read_llama(path: str) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
   """``(config, tensors)``: HF LLaMA names (no prefix), PyTorch layouts, float32."""
   from gguf import quants  # pylint: disable=g-import-not-at-top
 
   reader = _reader(path)
-  metadata = {name: field.contents() for name, field in reader.fields.items()}
-  config = llama_config_from_metadata(metadata, path)
-  names = {t.name for t in reader.tensors}
-  config = dataclasses.replace(config, tie_word_embeddings="output.weight" not in names)
+  config = _llama_config(reader, path)
   tensors, unknown = {}, []
   for tensor in reader.tensors:
     hf_name = _hf_name(tensor.name)

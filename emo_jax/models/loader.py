@@ -105,8 +105,7 @@ def pretrained_architecture(path_or_name: str) -> tuple[Family, Any]:
   """``(family, config)`` of a source, reading no weights (GGUF metadata is memory-mapped)."""
   source = resolve_source(path_or_name)
   if source.endswith(".gguf"):
-    metadata = gguf_checkpoint.read_metadata(source)
-    return FAMILIES["llama"], gguf_checkpoint.llama_config_from_metadata(metadata, source)
+    return FAMILIES["llama"], gguf_checkpoint.read_llama_config(source)
   hf_config = hf_checkpoint.read_config(source)
   spec = _hf_family(hf_config, source)
   return spec, spec.config_class.from_hf_dict(hf_config)
