@@ -35,10 +35,10 @@ def get_config():
 
   config.train.batch_size = 8
   config.train.num_epochs = 0
-  config.train.num_steps = 40
-  config.train.log_every = 5
-  config.train.eval_every = 20
-  config.train.save_every = 20
+  config.train.num_steps = 12  # 25k tokens: a demonstration; raise it for a real run.
+  config.train.log_every = 2
+  config.train.eval_every = 6
+  config.train.save_every = 12
   config.train.num_samples = 3
   config.train.sample_tokens = 48
   config.train.compare_with_base = True  # Base vs fine-tuned perplexity and samples.
