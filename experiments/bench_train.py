@@ -142,6 +142,7 @@ def _torch_worker(method, model_name, batch, length, repeats):
 def _flops_per_step(method, model_name, batch, length):
   """6 FLOPs per parameter per token (embedding lookups excluded, the head included) plus
   attention's score/value matmuls; EMO adds one ``2·N·V·d`` cost projection."""
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   from flax import traverse_util
@@ -152,7 +153,7 @@ def _flops_per_step(method, model_name, batch, length):
     return 2 * tokens * vocab * width
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   sizes = {path: leaf.size for path, leaf in traverse_util.flatten_dict(
-      shapes["params"]).items()}
+      nn.meta.unbox(shapes["params"])).items()}
   embedding_tables = sum(size for path, size in sizes.items() if path[-2:] in (
       ("wte", "embedding"), ("wpe", "embedding"), ("embed_tokens", "embedding")))
   matmul_params = sum(sizes.values()) - embedding_tables + vocab * width  # + the head.

@@ -137,8 +137,7 @@ def from_config(family_name: str, preset: str, *, dtype=jnp.float32, param_dtype
 
 
 def from_pretrained(path_or_name: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                    remat: bool = False, dropout: float | None = None,
-                    max_length: int | None = None, **overrides
+                    remat: bool = False, dropout: float | None = None, **overrides
                     ) -> tuple[CausalLM, dict[str, Any]]:
   """Loads a pretrained model into ``(model, params)``.
 
@@ -149,8 +148,7 @@ def from_pretrained(path_or_name: str, *, dtype=jnp.float32, param_dtype=jnp.flo
     remat: rematerialise blocks in the backward pass.
     dropout: the family's dropout rate(s) (GPT-2: embedding/attention/residual; LLaMA:
       attention); None keeps the checkpoint's.
-    max_length: a different longest input (GPT-2 cannot exceed its position table).
-    **overrides: further config fields of the family.
+    **overrides: further config fields of the family that leave the parameter shapes alone.
 
   Example::
 
@@ -166,15 +164,10 @@ def from_pretrained(path_or_name: str, *, dtype=jnp.float32, param_dtype=jnp.flo
     spec = _hf_family(hf_config, source)
     config = spec.config_class.from_hf_dict(hf_config)
     tensors = hf_checkpoint.read_tensors(source, spec.hf_prefix)
-  if max_length is not None and spec.name == "gpt2" and max_length > config.max_length:
-    raise ValueError(f"max_length {max_length} exceeds the {config.max_length} positions "
-                     "this GPT-2 was trained with.")
   params = hf_checkpoint.params_from_tensors(
       spec.hf_parameter_table(config), tensors, param_dtype,
       ignored=lambda name: spec.hf_ignored(config, name))
-  if max_length is not None and spec.name == "gpt2":
-    params["wpe"]["embedding"] = params["wpe"]["embedding"][:max_length]
-  config = _configure(config, dropout, max_length, overrides)
+  config = _configure(config, dropout, None, overrides)
   return build(spec.name, config, dtype=dtype, param_dtype=param_dtype, remat=remat), params
 
 
