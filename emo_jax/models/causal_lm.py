@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
@@ -57,6 +59,33 @@ class CausalLM(Protocol):
                     decode: bool = False) -> Array: ...
 
   def output_embeddings(self) -> Array: ...
+
+
+class CausalLMBase(nn.Module):
+  """What the families share: float32 logits from the hidden states and the head, and the
+  family-neutral sizes read off ``config`` (whose ``vocab_size``, ``max_length`` and
+  ``hidden_size`` each family's config provides). A family defines ``config``, ``dtype``,
+  ``param_dtype``, ``remat``, ``family``, ``hidden_states`` and ``output_embeddings``."""
+
+  @property
+  def vocab_size(self) -> int:
+    return self.config.vocab_size
+
+  @property
+  def max_length(self) -> int:
+    return self.config.max_length
+
+  @property
+  def hidden_size(self) -> int:
+    return self.config.hidden_size
+
+  def __call__(self, input_ids, attention_mask=None, position_ids=None,
+               deterministic: bool = True, decode: bool = False) -> Array:
+    """Logits ``[B, T, V]`` in float32; arguments as ``hidden_states``."""
+    hidden = self.hidden_states(input_ids, attention_mask, position_ids, deterministic, decode)
+    head = self.output_embeddings()  # [V, d]
+    return jnp.einsum("btd,vd->btv", hidden, head.astype(self.dtype),
+                      preferred_element_type=jnp.float32)  # [B, T, V]
 
 
 def hidden_states_and_head(model: CausalLM, params, input_ids: Array,

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from emo_jax.models import causal_lm
 from emo_jax.models import layers
 from emo_jax.models.hf_checkpoint import Entry
 
@@ -62,6 +63,10 @@ class GPT2Config:
   @property
   def max_length(self) -> int:
     return self.n_positions
+
+  @property
+  def hidden_size(self) -> int:
+    return self.n_embd
 
   def with_dropout(self, rate: float) -> GPT2Config:
     """The same rate for embedding, attention and residual dropout."""
@@ -172,7 +177,7 @@ class Block(nn.Module):
     return x + MLP(**kw, name="mlp")(h, deterministic)
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2LMHeadModel(causal_lm.CausalLMBase):
   """GPT-2 language model (implements :class:`emo_jax.models.causal_lm.CausalLM`).
 
   Attributes:
@@ -188,18 +193,6 @@ class GPT2LMHeadModel(nn.Module):
   remat: bool = False
 
   family = "gpt2"
-
-  @property
-  def vocab_size(self) -> int:
-    return self.config.vocab_size
-
-  @property
-  def max_length(self) -> int:
-    return self.config.n_positions
-
-  @property
-  def hidden_size(self) -> int:
-    return self.config.n_embd
 
   def setup(self):
     cfg = self.config
@@ -247,14 +240,6 @@ class GPT2LMHeadModel(nn.Module):
     if self.config.tie_word_embeddings:
       return self.wte.embedding
     return self.lm_head
-
-  def __call__(self, input_ids, attention_mask=None, position_ids=None,
-               deterministic: bool = True, decode: bool = False) -> Array:
-    """Logits ``[B, T, V]`` in float32; arguments as :meth:`hidden_states`."""
-    hidden = self.hidden_states(input_ids, attention_mask, position_ids, deterministic, decode)
-    head = self.output_embeddings()  # [V, d]
-    return jnp.einsum("btd,vd->btv", hidden, head.astype(self.dtype),
-                      preferred_element_type=jnp.float32)  # [B, T, V]
 
 
 # ----------------------------------------------------------------------------------------

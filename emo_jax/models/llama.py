@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from emo_jax.models import causal_lm
 from emo_jax.models import layers
 from emo_jax.models.hf_checkpoint import Entry
 
@@ -200,7 +201,7 @@ class DecoderLayer(nn.Module):
     return x + SwiGLU(cfg, **kw, name="mlp")(h)
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(causal_lm.CausalLMBase):
   """LLaMA language model (implements :class:`emo_jax.models.causal_lm.CausalLM`).
 
   Attributes:
@@ -216,18 +217,6 @@ class LlamaForCausalLM(nn.Module):
   remat: bool = False
 
   family = "llama"
-
-  @property
-  def vocab_size(self) -> int:
-    return self.config.vocab_size
-
-  @property
-  def max_length(self) -> int:
-    return self.config.max_position_embeddings
-
-  @property
-  def hidden_size(self) -> int:
-    return self.config.hidden_size
 
   def setup(self):
     cfg = self.config
@@ -271,14 +260,6 @@ class LlamaForCausalLM(nn.Module):
     if self.config.tie_word_embeddings:
       return self.embed_tokens.embedding
     return self.lm_head
-
-  def __call__(self, input_ids, attention_mask=None, position_ids=None,
-               deterministic: bool = True, decode: bool = False) -> Array:
-    """Logits ``[B, T, V]`` in float32; arguments as :meth:`hidden_states`."""
-    hidden = self.hidden_states(input_ids, attention_mask, position_ids, deterministic, decode)
-    head = self.output_embeddings()  # [V, d]
-    return jnp.einsum("btd,vd->btv", hidden, head.astype(self.dtype),
-                      preferred_element_type=jnp.float32)  # [B, T, V]
 
 
 # ----------------------------------------------------------------------------------------
