@@ -231,10 +231,7 @@ def load_tokenizer(path_or_name: str | None = None) -> Tokenizer:
 
   if path_or_name in loader.PACKAGED_MODELS or path_or_name.endswith(".gguf"):
     return _from_gguf(loader.resolve_source(path_or_name))
-  if not os.path.isdir(path_or_name) and (
-      path_or_name.startswith((".", "/", "~")) or path_or_name.count("/") > 1):
-    raise FileNotFoundError(f"no tokenizer directory at {path_or_name!r}.")
-  return _from_directory(loader.resolve_source(path_or_name))
+  return _from_directory(loader.resolve_source(path_or_name))  # Paths and hub names.
 
 
 def tokenizer_for_model(model_source: str | None) -> Tokenizer:

@@ -13,6 +13,7 @@ import transformers
 from emo_jax import cost_embeddings as cost_lib
 from emo_jax import losses
 from emo_jax import models
+from hf_reference import random_ids, torch_logits
 from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from emo_jax.tokenizer import load_tokenizer, packaged_gpt2_files
 
@@ -41,14 +42,6 @@ def hf_checkpoint(request, tmp_path_factory):
   return request.param, model, directory
 
 
-def torch_logits(model, ids, mask=None):
-  with torch.no_grad():
-    kwargs = {} if mask is None else {"attention_mask": torch.tensor(mask)}
-    return model(torch.tensor(ids), **kwargs).logits.numpy()
-
-
-def random_ids(vocab, shape, seed=0):
-  return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
 
 def test_logits_match_transformers(hf_checkpoint):

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from emo_jax import models
+from hf_reference import random_ids, torch_logits
 from emo_jax.models import gguf_checkpoint
 from emo_jax.models.llama import LlamaConfig
 from emo_jax.tokenizer import load_tokenizer
@@ -67,14 +68,6 @@ def hf_checkpoint(request, tmp_path_factory):
   return request.param, model, directory
 
 
-def torch_logits(model, ids, mask=None):
-  with torch.no_grad():
-    kwargs = {} if mask is None else {"attention_mask": torch.tensor(mask)}
-    return model(torch.tensor(ids).long(), **kwargs).logits.numpy()
-
-
-def random_ids(vocab, shape, seed=0):
-  return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
 
 @pytest.mark.parametrize("padding", [None, "right", "left"])

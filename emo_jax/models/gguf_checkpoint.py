@@ -59,7 +59,10 @@ def _reader(path: str):
 
 def read_metadata(path: str) -> dict[str, Any]:
   """Every key-value field of a GGUF file (arrays as lists), without reading tensors."""
-  reader = _reader(path)
+  return _metadata(_reader(path))
+
+
+def _metadata(reader) -> dict[str, Any]:
   return {name: field.contents() for name, field in reader.fields.items()
           if not name.startswith("GGUF.")}
 
@@ -135,8 +138,7 @@ def _hf_name(gguf_name: str) -> str | None:
 
 
 def _llama_config(reader, path: str) -> LlamaConfig:
-  metadata = {name: field.contents() for name, field in reader.fields.items()}
-  config = llama_config_from_metadata(metadata, path)
+  config = llama_config_from_metadata(_metadata(reader), path)
   names = {t.name for t in reader.tensors}
   return dataclasses.replace(config, tie_word_embeddings="output.weight" not in names)
 
