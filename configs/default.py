@@ -113,6 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.split = "test"  # Split for perplexity and for the MAUVE prompts.
   config.eval.max_blocks = 0  # Cap on perplexity blocks (0 = the whole split).
   config.eval.num_prompts = 64  # MAUVE prompts, first N usable documents (paper: 4000-5000).
+  # Words of each prompt's prefix and of its human continuation; None = the corpus's lengths
+  # (emo_jax.prompts: WikiText 20/80, PTB 5/25, AG News 10/30, ...; own 'files:' corpora
+  # 20/80 as WebText).
+  config.eval.prefix_words = config_dict.placeholder(int)
+  config.eval.continuation_words = config_dict.placeholder(int)
   config.eval.max_new_tokens = 80  # Tokens generated per prompt (the paper forces 80).
   config.eval.batch_size = 32  # Prompts per compiled generation call.
   # Decoding: temperature 1 and no filters = unbiased (ancestral) sampling, the paper's main

@@ -21,6 +21,7 @@ anywhere, from ``generations.jsonl``. Both paths compute the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from emo_jax import checkpointing
+from emo_jax import config_checks
 from emo_jax import corpora
 from emo_jax import input_pipeline
 from emo_jax import metrics
@@ -95,6 +97,7 @@ def _distribution_measures(model, params, reference, reference_params, blocks, b
 
 
 def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  config_checks.check_config(config)
   eval_config = config.eval
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -120,9 +123,19 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
                eval_config.split)
 
   start = time.time()
-  prompt_set = prompts_lib.make_prompts(config.data.corpus, documents, eval_config.num_prompts)
+  lengths = prompts_lib.prompt_lengths(config.data.corpus, eval_config.prefix_words,
+                                       eval_config.continuation_words)
+  logging.info("MAUVE prompts of %s: %d prefix words, %d continuation words",
+               config.data.corpus, lengths.prefix_words, lengths.continuation_words)
+  results["prompt_words"] = dataclasses.asdict(lengths)
+  prompt_set = prompts_lib.make_prompts(config.data.corpus, documents, eval_config.num_prompts,
+                                        lengths=lengths)
   prompt_ids = tokenizer.encode_batch([p.prefix for p in prompt_set])
   longest = model.max_length - eval_config.max_new_tokens
+  if longest < 1:
+    raise config_checks.invalid("eval.max_new_tokens", eval_config.max_new_tokens,
+                                f"below the model's max_length ({model.max_length}), leaving "
+                                "room for the prompt")
   prompt_ids = [ids[-longest:] for ids in prompt_ids]  # Keep the prefix's end if too long.
   generated = sampling.generate(
       model, params, prompt_ids, jax.random.key(config.seed),
@@ -197,6 +210,7 @@ def score_generations(config: ml_collections.ConfigDict, workdir: str,
   ``config.eval`` gives the featurizer and MAUVE settings; MAUVE's k-means seeds come from
   the evaluation's own seed (recorded in ``eval.json``), so a score matches what a one-pass
   evaluation of the same run would have reported whatever ``config.seed`` says."""
+  config_checks.check_config(config)
   paths = {name: os.path.join(workdir, name) for name in ("eval.json", GENERATIONS)}
   for path in paths.values():
     if not os.path.exists(path):
@@ -210,7 +224,7 @@ def score_generations(config: ml_collections.ConfigDict, workdir: str,
                      f"says {results['num_prompts']} prompts: the files are from different "
                      "evaluations.")
   start = time.time()
-  seed = results.get("seed", config.seed)  # eval.json files before the field: config's.
+  seed = results["seed"]
   results.update(score_text([g["model"] for g in generations],
                             [g["human"] for g in generations], config.eval, seed,
                             featurizer))
@@ -221,12 +235,9 @@ def score_generations(config: ml_collections.ConfigDict, workdir: str,
 
 def _write_results(results: dict[str, Any], workdir: str) -> None:
   # Atomically: eval.json is the study driver's "done" marker, and --mode score rewrites it.
-  for name, text in (("eval.md", markdown_table(results)),
-                     ("eval.json", json.dumps(results, indent=2))):
-    path = os.path.join(workdir, name)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+  with open(os.path.join(workdir, "eval.md"), "w") as f:
+    f.write(markdown_table(results))
+  checkpointing.write_json_atomically(os.path.join(workdir, "eval.json"), results)
   print("\n" + markdown_table(results))
 
 

@@ -39,6 +39,27 @@ PROMPT_LENGTHS: dict[str, PromptLengths] = {
 }
 
 
+# Users' own corpora (``files:...``) unless eval.prefix_words / continuation_words say
+# otherwise: WebText's lengths, the paper's open-domain setting.
+DEFAULT_LENGTHS = PromptLengths(20, 80)
+
+
+def prompt_lengths(corpus: str, prefix_words: int | None = None,
+                   continuation_words: int | None = None) -> PromptLengths:
+  """The lengths for ``corpus`` (:data:`PROMPT_LENGTHS`, else :data:`DEFAULT_LENGTHS`), with
+  either number replaced where given."""
+  known = PROMPT_LENGTHS.get(corpus)
+  if known is None and not corpus.startswith(corpora.LOCAL_PREFIX) and (
+      prefix_words is None or continuation_words is None):
+    raise ValueError(f"no prompt lengths known for corpus {corpus!r}: set "
+                     "eval.prefix_words and eval.continuation_words (known corpora: "
+                     f"{sorted(PROMPT_LENGTHS)}).")
+  base = known or DEFAULT_LENGTHS
+  return PromptLengths(base.prefix_words if prefix_words is None else prefix_words,
+                       base.continuation_words if continuation_words is None
+                       else continuation_words)
+
+
 @dataclasses.dataclass(frozen=True)
 class Prompt:
   prefix: str
@@ -46,15 +67,23 @@ class Prompt:
 
 
 def candidate_texts(corpus: str, documents: list[str], lengths: PromptLengths) -> list[str]:
-  """The units prompts are cut from: WikiText paragraphs without headings, Tiny
-  Shakespeare's single test document as consecutive windows, otherwise each document."""
+  """The units prompts are cut from: WikiText paragraphs without headings; Tiny
+  Shakespeare's single test document as consecutive windows of prefix + continuation words;
+  users' own files (``files:...``, where a .txt file is one long document) each document as
+  consecutive windows, its last partial window included; otherwise each document."""
+  window = lengths.prefix_words + lengths.continuation_words
   if corpus.startswith("wikitext"):
     return [line.strip() for doc in documents for line in doc.split("\n")
             if line.strip() and not line.strip().startswith("=")]
   if corpus == "tiny_shakespeare":
     words = " ".join(documents).split()
-    window = lengths.prefix_words + lengths.continuation_words
     return [" ".join(words[i:i + window]) for i in range(0, len(words) - window + 1, window)]
+  if corpus.startswith(corpora.LOCAL_PREFIX):
+    windows = []
+    for document in documents:
+      words = document.split()
+      windows += [" ".join(words[i:i + window]) for i in range(0, len(words), window)]
+    return windows
   return documents
 
 
@@ -63,10 +92,7 @@ def make_prompts(corpus: str, documents: list[str], num_prompts: int = 0, *,
                  min_continuation_words: int | None = None) -> list[Prompt]:
   """The first ``num_prompts`` (0 = all) prompts of ``documents`` (see the module doc)."""
   if lengths is None:
-    if corpus not in PROMPT_LENGTHS:
-      raise ValueError(f"no prompt lengths known for corpus {corpus!r}; pass lengths= "
-                       f"(known: {sorted(PROMPT_LENGTHS)}).")
-    lengths = PROMPT_LENGTHS[corpus]
+    lengths = prompt_lengths(corpus)
   if min_continuation_words is None:
     min_continuation_words = -(-lengths.continuation_words // 2)
   prompts = []

@@ -26,7 +26,9 @@ class RunLogger:
 
       os.makedirs(workdir, exist_ok=True)
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_partial_last_line(path)
+      self._jsonl = open(path, "a", encoding="utf-8")
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -60,6 +62,17 @@ class RunLogger:
       sys.stderr.write("\n")
       self._writer.close()
       self._jsonl.close()
+
+
+def _drop_partial_last_line(path: str) -> None:
+  """A run killed in the middle of a record leaves a line without its newline; the resumed
+  run rewrites that step, so the fragment goes (appending to it would garble two records)."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
 
 
 def format_duration(seconds: float) -> str:

@@ -21,6 +21,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from emo_jax import damaged_files
+
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's only special token: BOS, EOS and document separator.
 
 # llama.cpp's token types (gguf.TokenType): control tokens are special; user-defined ones
@@ -175,8 +177,7 @@ def _directory_special_ids(directory: str, backend) -> dict[str, int | None]:
   ids: dict[str, int | None] = {}
   tokenizer_config = os.path.join(directory, "tokenizer_config.json")
   if os.path.exists(tokenizer_config):
-    with open(tokenizer_config) as f:
-      settings = json.load(f)
+    settings = damaged_files.read_json(tokenizer_config, "tokenizer config")
     for name in ("bos", "eos", "pad"):
       token = settings.get(f"{name}_token")
       if isinstance(token, dict):
@@ -185,8 +186,7 @@ def _directory_special_ids(directory: str, backend) -> dict[str, int | None]:
         ids[name] = backend.token_to_id(token)
   model_config = os.path.join(directory, "config.json")
   if os.path.exists(model_config):
-    with open(model_config) as f:
-      settings = json.load(f)
+    settings = damaged_files.read_json(model_config, "model config")
     for name in ("bos", "eos", "pad"):
       value = settings.get(f"{name}_token_id")
       if isinstance(value, list):
@@ -206,17 +206,19 @@ def _from_directory(directory: str) -> Tokenizer:
 
   tokenizer_json = os.path.join(directory, "tokenizer.json")
   if os.path.exists(tokenizer_json):
-    backend, source = Backend.from_file(tokenizer_json), tokenizer_json
+    with damaged_files.parsing(tokenizer_json, "tokenizer file"):
+      backend, source = Backend.from_file(tokenizer_json), tokenizer_json
   else:
     vocab, merges = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
     if not (os.path.exists(vocab) or os.path.exists(merges)):
       raise FileNotFoundError(f"{directory} has no tokenizer.json nor vocab.json + merges.txt.")
-    backend, source = _byte_level_bpe(vocab, merges), directory
+    with damaged_files.parsing(f"{vocab} / {merges}", "vocab.json + merges.txt pair"):
+      backend, source = _byte_level_bpe(vocab, merges), directory
   template = None
   tokenizer_config = os.path.join(directory, "tokenizer_config.json")
   if os.path.exists(tokenizer_config):
-    with open(tokenizer_config) as f:
-      template = json.load(f).get("chat_template")
+    template = damaged_files.read_json(tokenizer_config, "tokenizer config").get(
+        "chat_template")
   return Tokenizer(backend, source=source,
                    special_ids=_directory_special_ids(directory, backend),
                    chat_template=template)

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from emo_jax import checkpointing
+from emo_jax import config_checks
 from emo_jax import corpora
 from emo_jax import cost_embeddings as cost_lib
 from emo_jax import fused_losses
@@ -206,31 +207,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
 # ----------------------------------------------------------------------------------------
 
 
-def _check_config(config) -> None:
-  if config.data.block_size > config.model.max_length and not config.model.pretrained:
-    raise ValueError(f"data.block_size ({config.data.block_size}) exceeds the model's "
-                     f"max_length ({config.model.max_length}).")
-  if config.train.nan_policy not in ("stop", "skip"):
-    raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got "
-                     f"{config.train.nan_policy!r}.")
-  if config.loss.cost_source not in (cost_lib.FROZEN_HEAD, cost_lib.ADAPTIVE):
-    raise ValueError(f"loss.cost_source must be {cost_lib.FROZEN_HEAD!r} or "
-                     f"{cost_lib.ADAPTIVE!r}, got {config.loss.cost_source!r}.")
-  if (config.loss.name == "emo" and config.loss.cost_source == cost_lib.FROZEN_HEAD
-      and not config.model.pretrained and config.loss.mle_warmup_steps < 1):
-    raise ValueError(
-        "EMO from scratch with cost_source='frozen_head' needs loss.mle_warmup_steps >= 1: "
-        "the cost embeddings are the head as MLE warm-up leaves it (or use 'adaptive', or "
-        "a pretrained model).")
-  per_process = config.train.batch_size // jax.process_count()
-  if config.train.batch_size % (jax.process_count() * config.train.grad_accum_steps) or (
-      (config.train.batch_size // config.train.grad_accum_steps) % jax.device_count()):
-    raise ValueError(
-        f"train.batch_size ({config.train.batch_size}) must split into "
-        f"grad_accum_steps ({config.train.grad_accum_steps}) micro-batches whose size is a "
-        f"multiple of the device count ({jax.device_count()}); per process {per_process}.")
-
-
 def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholder,
                        cost_dim):
   """The initial state, created already sharded (``eval_shape`` -> specs -> ``jit``)."""
@@ -261,8 +237,8 @@ class _Data:
 def load_data(config, model, tokenizer) -> _Data:
   tokenizer.check_model_vocab(model.vocab_size)
   if config.data.block_size > model.max_length:
-    raise ValueError(f"data.block_size ({config.data.block_size}) exceeds the model's "
-                     f"max_length ({model.max_length}).")
+    raise config_checks.invalid("data.block_size", config.data.block_size,
+                                f"at most the model's max_length ({model.max_length})")
   blocks = {}
   for split in (config.data.train_split, config.data.eval_split):
     documents = corpora.read_split(config.data, split)
@@ -315,11 +291,12 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) training in ``workdir``; returns the final metrics."""
+  config_checks.check_config(config)  # Before anything is read, built or compiled.
   if config.distributed.enabled:
     sharding.initialize_distributed(config.distributed.coordinator_address,
                                     config.distributed.num_processes,
                                     config.distributed.process_id)
-  _check_config(config)
+  config_checks.check_batch_layout(config.train, jax.device_count(), jax.process_count())
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -336,6 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data = load_data(config, model, tokenizer)
   total_steps = (config.train.num_epochs * data.train.batches_per_epoch
                  if config.train.num_epochs else config.train.num_steps)
+  config_checks.check_warmup(config.optim.warmup_steps, total_steps)
   optimizer, schedule = make_optimizer(config.optim, total_steps)
 
   frozen = config.loss.cost_source == cost_lib.FROZEN_HEAD
@@ -384,12 +362,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logger = run_logging.RunLogger(workdir, total_steps, enabled=is_main)
   preemption = _Preemption()
   # Every process tracks the best score, so all of them join the best saves. It is read back
-  # from the best checkpoint itself (best_metric.json only mirrors it, for people and tools;
-  # workdirs from before the metrics moved into best/ still have only the mirror).
+  # from the best checkpoint itself (best_metric.json only mirrors it, for people and tools).
   best_metrics = checkpointer.best_metrics()
-  if best_metrics is None and os.path.exists(os.path.join(workdir, BEST_METRIC_FILE)):
-    with open(os.path.join(workdir, BEST_METRIC_FILE)) as f:
-      best_metrics = json.load(f)
   best = best_metrics["eval/perplexity"] if best_metrics else float("inf")
   step = int(state.step)
   if config.train.compare_with_base and not resuming:
@@ -400,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.train.num_samples and is_main:
       base["samples"] = _samples(model, state.params, data, config)
     if is_main:
-      _write_json_atomically(os.path.join(workdir, BASE_FILE), base)
+      checkpointing.write_json_atomically(os.path.join(workdir, BASE_FILE), base)
   last_time, last_step, last_logged = time.time(), step, {}
   try:
     while step < total_steps:
@@ -444,7 +418,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           best_metrics = {"step": step, "eval/perplexity": perplexity}
           checkpointer.save_best(step, state.params, best_metrics)
           if is_main:
-            _write_json_atomically(os.path.join(workdir, BEST_METRIC_FILE), best_metrics)
+            checkpointing.write_json_atomically(os.path.join(workdir, BEST_METRIC_FILE),
+                                                best_metrics)
       if step % config.train.save_every == 0 or step == total_steps or preemption.requested:
         checkpointer.save(step, state, {"train": data.train.get_state()})
       last_time += time.time() - paused_at
@@ -476,16 +451,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f"fine-tuned {best:.2f} (best checkpoint)")
   if is_main:
     results["curves"] = run_logging.plot_curves(workdir)
-    _write_json_atomically(os.path.join(workdir, "results.json"), results)
+    checkpointing.write_json_atomically(os.path.join(workdir, "results.json"), results)
   checkpointer.close()
   return results
-
-
-def _write_json_atomically(path: str, record: dict[str, Any]) -> None:
-  # A crash mid-write must not leave a truncated file that the next run fails to parse.
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
 
 
 def _samples(model, params, data: _Data, config) -> list[dict[str, str]]:

@@ -54,8 +54,9 @@ CORPUS = "wikitext2_raw_carved"
 # Tiny Shakespeare (0.3M tokens) because tokenizing WikiText-2 + PTB (3.9M) would be most of it.
 SMOKE_BASE = ["--config.model.preset=tiny", "--config.data.corpus=tiny_shakespeare",
               "--config.train.num_epochs=0",
-              "--config.train.num_steps=4", "--config.train.eval_every=2",
-              "--config.data.max_eval_blocks=4", "--config.train.num_samples=0"]
+              "--config.train.num_steps=4", "--config.optim.warmup_steps=1",
+              "--config.train.eval_every=2", "--config.data.max_eval_blocks=4",
+              "--config.train.num_samples=0"]
 SMOKE_FINETUNE = ["--config.train.num_steps=4", "--config.train.eval_every=2",
                   "--config.data.max_eval_blocks=4", "--config.eval.max_blocks=4",
                   "--config.eval.num_prompts=8", "--config.eval.batch_size=8",

@@ -48,6 +48,7 @@ def full_eval(tmp_path_factory, hf_directory):
   return workdir, result
 
 
+@pytest.mark.slow
 def test_eval_of_an_hf_directory_against_itself(full_eval):
   tmp_path, result = full_eval
   results = json.load(open(tmp_path / "eval.json"))
@@ -69,12 +70,14 @@ def test_eval_of_an_hf_directory_against_itself(full_eval):
   assert "--- prefix:" in result.stdout
 
 
+@pytest.mark.slow
 def test_eval_without_checkpoint_or_model_fails_clearly(tmp_path):
   result = run_eval(tmp_path)
   assert result.returncode != 0
   assert "no checkpoint in" in result.stderr and "eval.model" in result.stderr
 
 
+@pytest.mark.slow
 def test_generating_then_scoring_elsewhere_equals_one_evaluation(tmp_path, hf_directory,
                                                                   full_eval):
   # The GPU study's path: generate without the featurizer, score later from the jsonl.
@@ -101,7 +104,62 @@ def test_generating_then_scoring_elsewhere_equals_one_evaluation(tmp_path, hf_di
   assert "| perplexity | MAUVE |" in open(tmp_path / "eval.md").read()
 
 
+@pytest.mark.slow
 def test_scoring_without_an_evaluation_fails_clearly(tmp_path):
   result = run_eval(tmp_path, mode="score")
   assert result.returncode != 0
   assert "eval.json is missing" in result.stderr and "--mode eval" in result.stderr
+
+
+def _write_own_corpus(directory, extension: str, words_per_document: int, documents: int):
+  """``{split}.<extension>`` files of word sequences: a user's own corpus."""
+  rng = np.random.default_rng(0)
+  vocabulary = ["river", "stone", "light", "music", "north", "garden", "window", "silver",
+                "letter", "market", "winter", "engine"]
+  texts = [" ".join(rng.choice(vocabulary, words_per_document)) for _ in range(documents)]
+  for split in ("train", "validation", "test"):
+    path = directory / f"{split}.{extension}"
+    if extension == "jsonl":
+      path.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    elif extension == "csv":
+      path.write_text("id,body\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)))
+    else:  # One .txt file is one long document.
+      path.write_text("\n\n".join(texts))
+  return texts
+
+
+@pytest.mark.parametrize("extension,lengths", [("jsonl", None), ("csv", (5, 15)),
+                                               ("txt", (10, 30))])
+def test_eval_of_a_users_own_corpus(tmp_path, hf_directory, extension, lengths):
+  """``data.corpus='files:...'`` has no known prompt lengths: WebText's 20/80 unless
+  eval.prefix_words / eval.continuation_words set them."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from emo_jax import evaluate  # pylint: disable=g-import-not-at-top
+  texts = _write_own_corpus(tmp_path, extension, words_per_document=120, documents=6)
+  config = default.get_config()
+  config.data.corpus = f"files:{tmp_path}/{{split}}.{extension}"
+  config.data.text_field = "body"
+  config.eval.model = str(hf_directory)
+  config.eval.featurizer = str(hf_directory)
+  config.eval.max_blocks, config.eval.batch_size = 2, 8
+  config.eval.max_new_tokens, config.eval.mauve_runs = 8, 1
+  config.eval.num_prompts = 0  # All of them: the count below is the windows' count.
+  if lengths:
+    config.eval.prefix_words, config.eval.continuation_words = lengths
+  workdir = tmp_path / "eval"
+  results = evaluate.evaluate_and_report(config, str(workdir))
+
+  prefix, continuation = lengths or (20, 80)
+  assert results["prompt_words"] == {"prefix_words": prefix,
+                                     "continuation_words": continuation}
+  words = [t.split() for t in texts]
+  window = prefix + continuation
+  if extension == "txt":  # One document: its words cut into consecutive windows.
+    words = [sum(words, [])]
+  expected = [w[i:i + prefix] for w in words for i in range(0, len(w), window)
+              if len(w) - i >= prefix + -(-continuation // 2)]
+  generations = [json.loads(line) for line in open(workdir / "generations.jsonl")]
+  assert [g["prefix"].split() for g in generations] == expected
+  assert results["num_prompts"] == len(expected) > 1
+  assert all(len(g["human"].split()) <= continuation for g in generations)
+  assert np.isfinite(results["perplexity"]) and 0.0 <= results["mauve"]["mean"] <= 1.0

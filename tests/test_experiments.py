@@ -40,6 +40,7 @@ def test_walkthrough_claims(results):
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_walkthrough_script_renders_markdown():
   out = subprocess.run([sys.executable, os.path.join(REPO, "experiments",
                                                      "emo_loss_walkthrough.py")],
@@ -250,6 +251,7 @@ def test_study_gpu_config_flags_follow_main_py():
     study_gpu.make_config("study_gpu_finetune", ["--train.num_steps=1"])
 
 
+@pytest.mark.slow
 def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
   # The accelerator path at --smoke size on CPU: base + one point in one process, the pack
   # that comes back from the device, unpacked and scored here.

@@ -226,6 +226,7 @@ def test_errors_name_the_problem():
   assert np.isnan(value)
 
 
+@pytest.mark.slow
 def test_sharded_over_data_and_fsdp_equals_single_device():
   output = run_with_devices("""
     import jax, jax.numpy as jnp, numpy as np

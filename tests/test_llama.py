@@ -355,6 +355,7 @@ def write_tiny_gguf_with_smollm2_tokenizer(path):
   return write_gguf(path, hf_model, writer_hook=add_tokenizer), hf_model
 
 
+@pytest.mark.slow
 def test_llama_gguf_trains_exports_and_evaluates_end_to_end(tmp_path):
   gguf_path, _ = write_tiny_gguf_with_smollm2_tokenizer(tmp_path / "tiny.gguf")
   command = [

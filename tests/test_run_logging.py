@@ -32,3 +32,13 @@ def test_read_metrics_keeps_the_last_record_of_a_rewritten_step(tmp_path):
   got = run_logging.read_metrics(str(tmp_path))
   assert [r["step"] for r in got] == [10, 20, 20]
   assert {"step": 20, "train/loss": 2.5} in got and {"step": 20, "train/loss": 2.0} not in got
+
+
+def test_a_record_cut_off_by_a_kill_is_dropped_when_the_run_resumes(tmp_path):
+  whole = json.dumps({"step": 1, "train/loss": 3.0}) + "\n"
+  (tmp_path / "metrics.jsonl").write_text(whole + '{"step": 2, "train/lo')  # SIGKILL here.
+  logger = run_logging.RunLogger(str(tmp_path), total_steps=4)
+  logger.write(2, {"train/loss": 2.5})
+  logger.close()
+  assert run_logging.read_metrics(str(tmp_path)) == [{"step": 1, "train/loss": 3.0},
+                                                     {"step": 2, "train/loss": 2.5}]

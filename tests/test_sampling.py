@@ -107,6 +107,7 @@ def test_same_seed_same_samples_and_rows_independent_of_batching(tiny):
   assert first != run(1, 3)
 
 
+@pytest.mark.slow
 def test_generation_sharded_over_eight_devices_equals_one_device():
   output = run_with_devices("""
     import jax, jax.numpy as jnp

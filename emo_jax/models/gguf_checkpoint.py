@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from emo_jax import damaged_files
 from emo_jax.models.llama import LlamaConfig
 
 # GGUF tensor names -> HF LLaMA names (without "model.").
@@ -50,11 +51,8 @@ def _reader(path: str):
 
   if not os.path.exists(path):
     raise FileNotFoundError(f"no GGUF file at {path!r}.")
-  try:
+  with damaged_files.parsing(path, "GGUF file"):
     return gguf.GGUFReader(path)
-  except Exception as e:  # A truncated or foreign file fails inside the reader's parsing.
-    raise ValueError(f"{path} is not a readable GGUF file (truncated or damaged?): "
-                     f"{type(e).__name__}: {e}") from e
 
 
 def read_metadata(path: str) -> dict[str, Any]:
@@ -174,4 +172,5 @@ def read_llama(path: str) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     tensors[hf_name] = values
   if unknown:
     raise ValueError(f"{path}: unknown tensors for a llama GGUF: {sorted(unknown)[:10]}")
+  damaged_files.check_finite(path, tensors)
   return config, tensors

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emo_jax import damaged_files
+
 
 class Entry(NamedTuple):
   hf_name: str  # Without the family's prefix ("transformer.", "model."): checkpoints differ.
@@ -70,8 +72,8 @@ def _read_flax_msgpack(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_sharded_safetensors(index_path: str) -> dict[str, np.ndarray]:
-  with open(index_path) as f:
-    shards = sorted(set(json.load(f)["weight_map"].values()))
+  shards = sorted(set(damaged_files.read_json(index_path, "safetensors index")
+                      ["weight_map"].values()))
   tensors = {}
   for shard in shards:
     tensors.update(_read_safetensors(os.path.join(os.path.dirname(index_path), shard)))
@@ -113,8 +115,7 @@ def read_config(directory: str) -> dict[str, Any]:
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"missing {config_path}: not an HF model directory.")
-  with open(config_path) as f:
-    return json.load(f)
+  return damaged_files.read_json(config_path, "model config")
 
 
 def read_tensors(directory: str, prefix: str) -> dict[str, np.ndarray]:
@@ -122,8 +123,10 @@ def read_tensors(directory: str, prefix: str) -> dict[str, np.ndarray]:
   for filename, reader in READERS.items():
     path = os.path.join(directory, filename)
     if os.path.exists(path):
-      return {(k[len(prefix):] if k.startswith(prefix) else k): v
-              for k, v in reader(path).items()}
+      with damaged_files.parsing(path, f"{filename} weights file"):
+        tensors = reader(path)
+      damaged_files.check_finite(path, tensors)
+      return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
   raise FileNotFoundError(
       f"no weights in {directory}: expected one of {', '.join(READERS)}.")
 
