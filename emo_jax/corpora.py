@@ -102,19 +102,44 @@ def ag_news_split_of(title: str, description: str) -> str:
   return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
 
 
-def ag_news(split: str, manual_dir: str | None = None) -> list[str]:
-  """AG News articles ``"title. description"`` from ``test.csv``, split by
-  :func:`ag_news_split_of` (train.csv is not available offline)."""
+AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")  # classes.txt, labels 1-4.
+
+
+def ag_news_examples(split: str, manual_dir: str | None = None) -> list[tuple[str, int]]:
+  """``(text, label)`` pairs of AG News: ``"title. description"`` and the 0-based index into
+  :data:`AG_NEWS_CLASSES`, from ``test.csv`` split by :func:`ag_news_split_of` (train.csv is
+  not available offline)."""
   _check_split(split)
-  documents = []
+  examples = []
   with open(corpus_file("ag_news", "test.csv", manual_dir), encoding="utf-8", newline="") as f:
     for row in csv.reader(f):
       if len(row) != 3:
         raise ValueError(f"ag_news/test.csv: expected 3 columns, got {len(row)}: {row[:2]}")
-      _, title, description = row
+      label, title, description = row
       if ag_news_split_of(title, description) == split:
-        documents.append(f"{title.strip()}. {description.strip()}".replace("\\n", "\n"))
-  return documents
+        text = f"{title.strip()}. {description.strip()}".replace("\\n", "\n")
+        examples.append((text, int(label) - 1))
+  return examples
+
+
+def ag_news(split: str, manual_dir: str | None = None) -> list[str]:
+  """AG News articles (the texts of :func:`ag_news_examples`) as documents."""
+  return [text for text, _ in ag_news_examples(split, manual_dir)]
+
+
+def sst2_examples(split: str, manual_dir: str | None = None) -> list[tuple[str, int]]:
+  """``(sentence, label)`` pairs of SST-2 (1 = positive), lower-cased and PTB-tokenized as in
+  GLUE: ``train`` / ``validation`` = GLUE train re-split (train.tsv / dev.tsv), ``test`` =
+  GLUE's labelled validation set (test.tsv); see the data folder's SOURCE.md."""
+  _check_split(split)
+  name = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}[split]
+  path = corpus_file("sst2", name, manual_dir)
+  with open(path, encoding="utf-8", newline="") as f:
+    reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    if reader.fieldnames != ["sentence", "label"]:
+      raise ValueError(f"{path}: expected the header 'sentence<TAB>label', got "
+                       f"{reader.fieldnames}.")
+    return [(row["sentence"].strip(), int(row["label"])) for row in reader]
 
 
 LOCAL_PREFIX = "files:"

@@ -169,7 +169,7 @@ def test_a_damaged_best_checkpoint_is_an_error_naming_it_and_what_to_do(tmp_path
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   checkpointer.save_best(4, _state(1.0)["params"], {"step": 4, "eval/perplexity": 9.0})
   damage_checkpoint(tmp_path / "best" / "4", how)
-  message = rf"(?s)best checkpoint is damaged: .*best/4.*Move .*best/4 out of the workdir"
+  message = r"(?s)best checkpoint is damaged: .*best/4.*Move .*best/4 out of the workdir"
   with pytest.raises(checkpointing.CorruptCheckpointError, match=message):
     checkpointer.restore_best_params(checkpointing.abstract_like(_state(0.0)["params"]))
   with pytest.raises(checkpointing.CorruptCheckpointError, match=message):

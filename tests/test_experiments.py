@@ -299,3 +299,31 @@ def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
   report = study.timings_report(str(root), {"wikitext2_raw_carved": {"mle": {}}})
   assert report.startswith("Device: cpu (`cores`")
   assert "| eval | wikitext2_raw_carved | mle |" in report
+
+
+import fewshot as fewshot_driver  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys):
+  import jax, jax.numpy as jnp  # pylint: disable=g-import-not-at-top,multiple-imports
+  from emo_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.from_config("gpt2", "tiny", vocab_size=50257, max_length=512)
+  models.save_pretrained(model, model.init(jax.random.key(0),
+                                           jnp.zeros((1, 4), jnp.int32))["params"],
+                         str(tmp_path / "tiny"))
+  out = str(tmp_path / "fewshot.json")
+  argv = ["--model", f"a={tmp_path / 'tiny'}", "--model", f"b={tmp_path / 'tiny'}",
+          "--k", "2", "--max_queries", "6", "--batch_size", "4", "--out", out]
+  results = fewshot_driver.main(argv)
+  assert set(results) == {"a", "b"} and set(results["a"]["tasks"]) == {"ag_news", "sst2"}
+  assert all(results[m]["tasks"][t]["n"] == 6 for m in "ab" for t in ("ag_news", "sst2"))
+  # The same model twice: identical predictions, so no discordant pair.
+  assert results["a"]["tasks"]["sst2"]["predictions"] == results["b"]["tasks"]["sst2"][
+      "predictions"]
+  assert "+0 / -0 (1.000)" in capsys.readouterr().out
+  assert json.load(open(out)) == json.loads(json.dumps(results))
+
+  def must_not_load(*args, **kwargs):
+    raise AssertionError("a scored model was scored again")
+  monkeypatch.setattr(fewshot_driver.models, "from_pretrained", must_not_load)
+  assert fewshot_driver.main(argv) == json.loads(json.dumps(results))

@@ -14,7 +14,7 @@ from emo_jax import cost_embeddings as cost_lib
 from emo_jax import losses
 from emo_jax import models
 from hf_reference import random_ids, torch_logits
-from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from emo_jax.models.gpt2 import GPT2Config
 from emo_jax.tokenizer import load_tokenizer, packaged_gpt2_files
 
 HF_CONFIGS = {
@@ -86,7 +86,6 @@ def test_bfloat16_activations_stay_close(hf_checkpoint):
 def test_export_round_trip_through_transformers(hf_checkpoint, tmp_path):
   _, hf_model, directory = hf_checkpoint
   model, params = models.from_pretrained(directory)
-  variables = {"params": params}
   models.save_pretrained(model, params, str(tmp_path))
   reloaded = transformers.GPT2LMHeadModel.from_pretrained(
       str(tmp_path), attn_implementation="eager").eval()

@@ -8,7 +8,6 @@ import sys
 
 import gguf
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
