@@ -9,6 +9,10 @@
     python experiments/study.py report --update experiments/RESULTS.md \
         --figures experiments/figures                 #    ... written into RESULTS.md
 
+``--setting smollm2`` is study v2 (issue #17): no base stage (the packaged SmolLM2-135M is
+the base), ``configs/smollm2_study.py`` for every point, workdirs under
+``workdirs/study_smollm2``; ``--setting cpu`` (the default) is the first study's.
+
 ``run`` executes the stage's commands one after another, skips points that are finished
 (``results.json`` for training, ``eval.json`` for evaluation), resumes half-finished ones
 (the trainer resumes from its workdir) and appends each command's wall-clock to
@@ -19,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -51,6 +56,28 @@ METRICS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """Where a study's fine-tuning starts and with which config."""
+  finetune_config: str
+  base_config: str | None  # Pretrained here by the "base" stage; None: a ready-made base.
+  pretrained: str | None  # The ready-made base (any model source) when base_config is None.
+  default_root: str  # Under workdirs/.
+
+
+SETTINGS = {
+    # Issue #8: a 16M GPT-2 pretrained here, then fine-tuned (experiments/RESULTS.md).
+    "cpu": Setting("study_finetune.py", "study_base.py", None, "study"),
+    # Issue #17: the packaged SmolLM2-135M, the paper's continual fine-tuning setting.
+    "smollm2": Setting("smollm2_study.py", None, "smollm2-135m", "study_smollm2"),
+}
+
+
+def base_model(setting: Setting, root: str) -> str:
+  """The model every grid point starts from."""
+  return setting.pretrained or os.path.join(root, "base", "hf_export")
+
+
 def _main_py(config, workdir, *overrides):
   return [sys.executable, os.path.join(REPO, "main.py"), "--config",
           os.path.join(REPO, "configs", config), "--workdir", workdir, *overrides]
@@ -61,24 +88,27 @@ def run_dir(root, corpus, objective, seed):
 
 
 def stage_commands(stage, root, corpora=CORPORA, objectives=tuple(OBJECTIVES), seeds=SEEDS,
-                   extra=()):
-  """``[(command, done_marker)]`` of one stage."""
+                   extra=(), setting="cpu"):
+  """``[(command, done_marker)]`` of one stage of study ``setting`` (:data:`SETTINGS`)."""
+  spec = SETTINGS[setting]
   base = os.path.join(root, "base")
   if stage == "base":
-    return [(_main_py("study_base.py", base, *extra), os.path.join(base, "results.json"))]
+    if spec.base_config is None:
+      return []  # The base is ready-made: nothing to pretrain.
+    return [(_main_py(spec.base_config, base, *extra), os.path.join(base, "results.json"))]
   out = []
   for corpus in corpora:
     for objective in objectives:
       for seed in seeds:
         workdir = run_dir(root, corpus, objective, seed)
-        common = [f"--config.model.pretrained={os.path.join(base, 'hf_export')}",
+        common = [f"--config.model.pretrained={base_model(spec, root)}",
                   f"--config.data.corpus={corpus}", f"--config.seed={seed}",
                   *OBJECTIVES[objective]]
         if stage == "finetune":
-          out.append((_main_py("study_finetune.py", workdir, *common, *extra),
+          out.append((_main_py(spec.finetune_config, workdir, *common, *extra),
                       os.path.join(workdir, "results.json")))
         elif stage == "eval":
-          out.append((_main_py("study_finetune.py", workdir, "--mode", "eval", *common,
+          out.append((_main_py(spec.finetune_config, workdir, "--mode", "eval", *common,
                                *extra), os.path.join(workdir, "eval.json")))
         else:
           raise ValueError(f"unknown stage {stage!r}: base, finetune or eval.")
@@ -371,7 +401,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("action", choices=["commands", "run", "report"])
   parser.add_argument("stage", nargs="?", choices=["base", "finetune", "eval"])
-  parser.add_argument("--root", default=os.path.join(REPO, "workdirs", "study"))
+  parser.add_argument("--setting", default="cpu", choices=sorted(SETTINGS),
+                      help="cpu: the 16M base pretrained here (issue #8); smollm2: the "
+                      "packaged SmolLM2-135M (issue #17)")
+  parser.add_argument("--root", help="default: workdirs/<the setting's folder>")
   parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
   parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES),
                       choices=list(OBJECTIVES))
@@ -385,8 +418,9 @@ def main(argv=None):
   # Everything after "--" goes to main.py (argparse cannot take it after the grid options).
   extra = argv[argv.index("--") + 1:] if "--" in argv else []
   args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+  args.root = args.root or os.path.join(REPO, "workdirs", SETTINGS[args.setting].default_root)
   grid = dict(corpora=args.corpora, objectives=args.objectives, seeds=args.seeds,
-              extra=extra)
+              extra=extra, setting=args.setting)
   if args.action == "report":
     table = collect(args.root, args.corpora, args.objectives, args.seeds)
     relative_to = os.path.dirname(os.path.abspath(args.update)) if args.update else None
@@ -404,7 +438,7 @@ def main(argv=None):
     # interrupted study leaves finished, reportable points rather than unevaluated runs.
     points = zip(stage_commands("finetune", args.root, **grid),
                  stage_commands("eval", args.root, **grid))
-    commands = stage_commands("base", args.root, extra=extra) + [
+    commands = stage_commands("base", args.root, extra=extra, setting=args.setting) + [
         command for point in points for command in point]
   if args.action == "commands":
     for command, _ in commands:

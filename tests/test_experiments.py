@@ -75,6 +75,22 @@ def test_study_grid_commands(tmp_path):
     study.stage_commands("plot", str(tmp_path))
 
 
+def test_study_v2_starts_every_point_from_smollm2(tmp_path, capsys):
+  assert study.stage_commands("base", str(tmp_path), setting="smollm2") == []
+  finetune = study.stage_commands("finetune", str(tmp_path), setting="smollm2",
+                                  corpora=["ag_news"], objectives=["mle", "emo"], seeds=[2])
+  assert len(finetune) == 2
+  for command, marker in finetune:
+    assert command[command.index("--config") + 1].endswith("smollm2_study.py")
+    assert "--config.model.pretrained=smollm2-135m" in command
+    assert "--config.seed=2" in command and marker.endswith("results.json")
+  study.main(["commands", "--setting", "smollm2", "--corpora", "ag_news", "--objectives",
+              "emo", "--seeds", "0"])
+  printed = capsys.readouterr().out.splitlines()
+  assert len(printed) == 2 and "--mode eval" in printed[1]  # Train, then evaluate; no base.
+  assert os.path.join("workdirs", "study_smollm2", "ag_news", "emo", "seed0") in printed[0]
+
+
 def _write_eval(root, objective, seed, mauve, perplexity):
   path = os.path.join(study.run_dir(str(root), "ag_news", objective, seed), "eval.json")
   os.makedirs(os.path.dirname(path))
