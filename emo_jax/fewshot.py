@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emo_jax import corpora
+from emo_jax.models import causal_lm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,29 +100,29 @@ def query_text(task: Task, text: str) -> str:
 # ----------------------------------------------------------------------------------------
 
 
-def _allocate_cache(model, batch: int, length: int):
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                             jnp.zeros((batch, length), jnp.int32),
-                                             decode=True)["cache"])
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def _decode(model, params, cache, ids, key_mask, positions, last_only: bool = False):
+  """One decode call: float32 logits (of the last position only, if ``last_only``) and the
+  updated cache. The head multiplies only the positions whose logits are used."""
+  def hidden_and_head(module):
+    hidden = module.hidden_states(ids, key_mask, positions, True, True)  # [B, T, d]
+    return hidden, module.output_embeddings()
 
-
-def _repeat_rows(cache, repeats: int):
-  # Every cache leaf is a scalar index or has the batch on axis 0 (emo_jax.models.layers).
-  return jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0) if x.ndim else x, cache)
+  (hidden, head), state = model.apply({"params": params, "cache": cache},
+                                      method=hidden_and_head, mutable=["cache"])
+  if last_only:
+    hidden = hidden[:, -1:]
+  return causal_lm.head_logits(hidden, head), state["cache"]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "total_length"))
 def prefill(model, params, prefix_ids, *, total_length: int):
   """The KV cache (batch 1) after ``prefix_ids [P]``, sized for ``total_length`` tokens."""
-  cache = _allocate_cache(model, 1, total_length)
+  cache = causal_lm.empty_cache(model, 1, total_length)
   prefix_length = prefix_ids.shape[0]
   key_mask = jnp.ones((1, total_length), jnp.int32)  # Unfilled slots: the cache masks them.
-  _, state = model.apply({"params": params, "cache": cache}, prefix_ids[None],
-                         attention_mask=key_mask,
-                         position_ids=jnp.arange(prefix_length)[None], decode=True,
-                         mutable=["cache"])
-  return state["cache"]
+  _, cache = _decode(model, params, cache, prefix_ids[None], key_mask,
+                     jnp.arange(prefix_length)[None], last_only=True)
+  return cache
 
 
 @functools.partial(jax.jit, static_argnames=("model", "prefix_length", "total_length"))
@@ -139,7 +140,7 @@ def label_losses(model, params, prefix_cache, query_ids, query_mask, label_ids, 
   """
   batch, query_length = query_ids.shape
   labels, label_length = label_ids.shape
-  cache = _repeat_rows(prefix_cache, batch)
+  cache = causal_lm.repeat_cache_rows(prefix_cache, batch)
   # Key slots: prefix (real), query (left padding masked), labels (real once written), and
   # the slots this batch does not reach.
   unused = total_length - prefix_length - query_length - label_length
@@ -147,22 +148,20 @@ def label_losses(model, params, prefix_cache, query_ids, query_mask, label_ids, 
                               jnp.ones((batch, label_length), jnp.int32),
                               jnp.zeros((batch, unused), jnp.int32)], axis=1)
   query_positions = prefix_length + jnp.maximum(jnp.cumsum(query_mask, axis=1) - 1, 0)
-  query_logits, state = model.apply(
-      {"params": params, "cache": cache}, query_ids, attention_mask=key_mask,
-      position_ids=query_positions, decode=True, mutable=["cache"])  # [B, Q, V]
-
-  cache = _repeat_rows(state["cache"], labels)  # Row b * L + l: query b, label l.
+  last_logits, cache = _decode(model, params, cache, query_ids, key_mask, query_positions,
+                               last_only=True)  # [B, 1, V]
+  # Label token 0 is predicted by the query's last position, token j by label token j - 1:
+  # only labels' first T - 1 tokens go through the model (none for one-token labels).
+  predicting = jnp.repeat(last_logits, labels, axis=0)  # [B*L, 1, V]
   tokens = jnp.tile(label_ids, (batch, 1))  # [B*L, T]
-  start = query_positions[:, -1] + 1  # [B]
-  label_positions = jnp.repeat(start, labels)[:, None] + jnp.arange(label_length)  # [B*L, T]
-  label_logits, _ = model.apply(
-      {"params": params, "cache": cache}, tokens,
-      attention_mask=jnp.repeat(key_mask, labels, axis=0), position_ids=label_positions,
-      decode=True, mutable=["cache"])  # [B*L, T, V]
-  # Label token 0 is predicted by the query's last position, token j by label token j - 1.
-  predicting = jnp.concatenate(
-      [jnp.repeat(query_logits[:, -1:], labels, axis=0), label_logits[:, :-1]], axis=1)
-  log_probs = jax.nn.log_softmax(predicting.astype(jnp.float32), axis=-1)  # [B*L, T, V]
+  if label_length > 1:
+    start = query_positions[:, -1] + 1  # [B]
+    positions = jnp.repeat(start, labels)[:, None] + jnp.arange(label_length - 1)
+    label_logits, _ = _decode(
+        model, params, causal_lm.repeat_cache_rows(cache, labels),  # Row b * L + l.
+        tokens[:, :-1], jnp.repeat(key_mask, labels, axis=0), positions)  # [B*L, T-1, V]
+    predicting = jnp.concatenate([predicting, label_logits], axis=1)  # [B*L, T, V]
+  log_probs = jax.nn.log_softmax(predicting, axis=-1)  # [B*L, T, V]
   token_loss = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # [B*L, T]
   weights = jnp.tile(label_mask, (batch, 1)).astype(jnp.float32)
   mean_loss = jnp.sum(token_loss * weights, axis=1) / jnp.sum(weights, axis=1)  # [B*L]
@@ -254,22 +253,35 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, f
   return {"a_only": a_only, "b_only": b_only, "p_value": p_value}
 
 
-def evaluate_task(model, params, tokenizer, task_name: str, *, k: int = 8,
-                  demonstration_seed: int = 0, max_queries: int = 0, batch_size: int = 8,
-                  manual_dir: str | None = None) -> dict:
-  """Accuracy of one model on one task: demonstrations from the train split, queries the
-  first ``max_queries`` (0 = all) of the test split. Returns the accuracy with its interval,
-  the per-query predictions and correctness (for paired tests) and the demonstrations."""
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """A task's fixed prompt material: read once, scored for any number of models."""
+  task: Task
+  k: int
+  demonstration_seed: int
+  demonstrations: list[tuple[str, int]]
+  queries: list[tuple[str, int]]
+
+
+def load_task(task_name: str, *, k: int = 8, demonstration_seed: int = 0,
+              max_queries: int = 0, manual_dir: str | None = None) -> TaskData:
+  """Demonstrations from the train split; queries the first ``max_queries`` (0 = all) of
+  the test split."""
   task = TASKS[task_name]
   demonstrations = choose_demonstrations(task, task.read("train", manual_dir), k,
                                          demonstration_seed)
   queries = task.read("test", manual_dir)
-  if max_queries:
-    queries = queries[:max_queries]
-  losses = classify(model, params, tokenizer, task, demonstrations, [q for q, _ in queries],
-                    batch_size)
+  return TaskData(task, k, demonstration_seed, demonstrations,
+                  queries[:max_queries] if max_queries else queries)
+
+
+def evaluate_task(model, params, tokenizer, data: TaskData, batch_size: int = 8) -> dict:
+  """Accuracy of one model on one task with its interval, the per-query predictions and
+  correctness (for paired tests) and the demonstrations used."""
+  losses = classify(model, params, tokenizer, data.task, data.demonstrations,
+                    [q for q, _ in data.queries], batch_size)
   predictions = losses.argmin(axis=1)
-  correct = predictions == np.array([label for _, label in queries])
-  return {"task": task_name, "k": k, "demonstration_seed": demonstration_seed,
+  correct = predictions == np.array([label for _, label in data.queries])
+  return {"task": data.task.name, "k": data.k, "demonstration_seed": data.demonstration_seed,
           **accuracy_with_interval(correct), "predictions": predictions.tolist(),
-          "correct": correct.tolist(), "demonstrations": demonstrations}
+          "correct": correct.tolist(), "demonstrations": data.demonstrations}

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emo_jax import sharding
+from emo_jax.models import causal_lm
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None
@@ -121,11 +122,7 @@ def sample(model, params, prompt_ids, prompt_mask, rng, row_offset=0, *,
   if total > model.max_length:
     raise ValueError(f"prompt {prompt_length} + {max_new_tokens} new tokens exceeds "
                      f"max_length={model.max_length}.")
-  # Only the cache's shapes are needed from init: eval_shape runs no initialiser.
-  cache_shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((batch, total), jnp.int32),
-                         decode=True)["cache"])
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
+  cache = causal_lm.empty_cache(model, batch, total)
   key_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, max_new_tokens), jnp.int32)], 1)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
   logits, state = model.apply({"params": params, "cache": cache}, prompt_ids,

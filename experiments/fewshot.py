@@ -7,8 +7,9 @@ Each ``--model NAME=SOURCE`` (any model source: a packaged name, a .gguf, an HF 
 e.g. a run's ``hf_export``) is scored on every task with the same demonstrations; the table
 gives accuracy with its Wilson 95% interval and, for every model after the first, an exact
 McNemar test against the first on the same queries. The JSON holds every prediction, so
-paired tests across any two models can be redone later. A model already in ``--out`` is not
-scored again (the file is rewritten atomically after each model).
+paired tests across any two models can be redone later. A model already in ``--out`` with the
+same source and settings (k, demonstration seed, query cap) is not scored again (the file is
+rewritten atomically after each model).
 """
 
 from __future__ import annotations
@@ -72,19 +73,26 @@ def main(argv=None):
   if os.path.exists(args.out):
     with open(args.out) as f:
       results = json.load(f)
+  # What makes a stored score reusable: a model scored under other settings is rescored.
+  settings = {"k": args.k, "demonstration_seed": args.demonstration_seed,
+              "max_queries": args.max_queries}
+  data = {}  # Each task's prompts, read once for all models.
   for name, source in args.model:
-    done = results.get(name, {}).get("tasks", {})
-    if results.get(name, {}).get("source") == source and set(tasks) <= set(done):
+    stored = results.get(name, {})
+    if (stored.get("source") == source and stored.get("settings") == settings
+        and set(tasks) <= set(stored.get("tasks", {}))):
       continue
     model, params = models.from_pretrained(source)
     tokenizer = tokenizer_lib.tokenizer_for_model(source)
-    entry = {"source": source, "tasks": {}, "seconds": {}}
+    entry = {"source": source, "settings": settings, "tasks": {}, "seconds": {}}
     for task in tasks:
+      if task not in data:
+        data[task] = fewshot.load_task(task, k=args.k,
+                                       demonstration_seed=args.demonstration_seed,
+                                       max_queries=args.max_queries)
       start = time.time()
-      entry["tasks"][task] = fewshot.evaluate_task(
-          model, params, tokenizer, task, k=args.k,
-          demonstration_seed=args.demonstration_seed, max_queries=args.max_queries,
-          batch_size=args.batch_size)
+      entry["tasks"][task] = fewshot.evaluate_task(model, params, tokenizer, data[task],
+                                                   batch_size=args.batch_size)
       entry["seconds"][task] = time.time() - start
       print(f"{name} {task}: accuracy {entry['tasks'][task]['accuracy']:.3f} "
             f"({entry['seconds'][task]:.0f} s)", flush=True)

@@ -341,5 +341,11 @@ def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys)
 
   def must_not_load(*args, **kwargs):
     raise AssertionError("a scored model was scored again")
-  monkeypatch.setattr(fewshot_driver.models, "from_pretrained", must_not_load)
-  assert fewshot_driver.main(argv) == json.loads(json.dumps(results))
+  with monkeypatch.context() as patch:
+    patch.setattr(fewshot_driver.models, "from_pretrained", must_not_load)
+    assert fewshot_driver.main(argv) == json.loads(json.dumps(results))
+  # Other settings: the stored scores do not count, so both models are scored again.
+  rescored = fewshot_driver.main([*argv[:4], "--k", "2", "--max_queries", "4",
+                                  "--batch_size", "4", "--out", out])
+  assert rescored["a"]["settings"]["max_queries"] == 4
+  assert all(rescored[m]["tasks"][t]["n"] == 4 for m in "ab" for t in ("ag_news", "sst2"))

@@ -36,15 +36,16 @@ def reference_losses(model, params, prefix, queries, labels):
   return out
 
 
+@pytest.mark.parametrize("labels", [[[40], [41, 42, 43], [44, 45]], [[40], [41]]],
+                         ids=["ragged", "one_token"])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_shared_prefix_scores_equal_full_forward_passes(family):
+def test_shared_prefix_scores_equal_full_forward_passes(family, labels):
   model, params = tiny_model(family)
   rng = np.random.default_rng(0)
   prefix = rng.integers(1, 97, 11).tolist()
   # Ragged (padding), in no length order (batches go shortest first and are put back), and
   # over two padding buckets (16 and 32 tokens).
   queries = [rng.integers(1, 97, n).tolist() for n in (5, 1, 20, 9, 3, 7)]
-  labels = [[40], [41, 42, 43], [44, 45]]  # Ragged too.
   got = fewshot.label_losses_of_ids(model, params, prefix, queries, labels, batch_size=2)
   expected = reference_losses(model, params, prefix, queries, labels)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
@@ -121,8 +122,8 @@ def test_mcnemar_exact_on_hand_counted_pairs():
 def test_evaluate_task_on_real_queries(data_dir):
   model, params = tiny_model("gpt2", vocab=50257, max_length=1024)
   tokenizer = tokenizer_lib.load_tokenizer("gpt2")
-  result = fewshot.evaluate_task(model, params, tokenizer, "ag_news", k=4, max_queries=12,
-                                 batch_size=4, manual_dir=data_dir)
+  data = fewshot.load_task("ag_news", k=4, max_queries=12, manual_dir=data_dir)
+  result = fewshot.evaluate_task(model, params, tokenizer, data, batch_size=4)
   assert result["n"] == 12 and len(result["predictions"]) == 12
   assert len(result["demonstrations"]) == 4
   labels = [label for _, label in corpora.ag_news_examples("test", data_dir)[:12]]

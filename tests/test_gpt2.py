@@ -42,8 +42,6 @@ def hf_checkpoint(request, tmp_path_factory):
   return request.param, model, directory
 
 
-
-
 def test_logits_match_transformers(hf_checkpoint):
   name, hf_model, directory = hf_checkpoint
   model, params = models.from_pretrained(directory)

@@ -13,7 +13,9 @@ A model is a Flax Linen module with
 * ``output_embeddings()`` -> the LM head as a ``[V, d]`` matrix (tied or not; no bias), which
   the fused losses multiply chunk by chunk;
 * decoding with ``decode=True``: keys/values are appended to a ``cache`` collection
-  allocated by ``init`` with a ``[B, max_length]`` input, and ``position_ids`` are required;
+  allocated by ``init`` with a ``[B, max_length]`` input (:func:`empty_cache`), and
+  ``position_ids`` are required; every cache leaf is a scalar or has the batch on axis 0
+  (so :func:`repeat_cache_rows` can share one prompt's cache among several continuations);
 * the properties ``family``, ``vocab_size``, ``max_length`` (longest input) and
   ``hidden_size`` (``d``), and fields ``config``, ``dtype``, ``param_dtype``, ``remat``.
 """
@@ -83,9 +85,27 @@ class CausalLMBase(nn.Module):
                deterministic: bool = True, decode: bool = False) -> Array:
     """Logits ``[B, T, V]`` in float32; arguments as ``hidden_states``."""
     hidden = self.hidden_states(input_ids, attention_mask, position_ids, deterministic, decode)
-    head = self.output_embeddings()  # [V, d]
-    return jnp.einsum("btd,vd->btv", hidden, head.astype(self.dtype),
-                      preferred_element_type=jnp.float32)  # [B, T, V]
+    return head_logits(hidden, self.output_embeddings())
+
+
+def head_logits(hidden: Array, head: Array) -> Array:
+  """float32 logits ``[B, T, V]`` of hidden states ``[B, T, d]`` under the head ``[V, d]``."""
+  return jnp.einsum("btd,vd->btv", hidden, head.astype(hidden.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def empty_cache(model: CausalLM, batch: int, length: int):
+  """A zero ``cache`` collection for ``batch`` rows of up to ``length`` tokens (only the
+  shapes come from ``init``: ``eval_shape`` runs no initialiser)."""
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((batch, length), jnp.int32), decode=True)["cache"])
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def repeat_cache_rows(cache, repeats: int):
+  """Each row of a ``cache`` collection ``repeats`` times in a row (row ``b * repeats + r``
+  is a copy of row ``b``); the scalar write index is shared."""
+  return jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0) if x.ndim else x, cache)
 
 
 def hidden_states_and_head(model: CausalLM, params, input_ids: Array,
