@@ -194,13 +194,13 @@ def _kill_mid_save_or_at_random(workdir, rng, extra, timeout=120):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path, uninterrupted_workdir,
                                                  uninterrupted_losses):
-  """Fault-injection soak: killed four times (some mid-save, every 2 steps a checkpoint) and
+  """Fault-injection soak: killed three times (some mid-save, every 2 steps a checkpoint) and
   restarted each time, the run ends with the uninterrupted run's losses and parameters, and no
   restart ever meets a damaged checkpoint."""
   soak = (*LONGER, "--config.train.save_every=2")
   rng = random.Random(0)
   kills, mid_save_kills, deadline = 0, 0, time.time() + 240
-  while kills < 4 and time.time() < deadline:
+  while kills < 3 and time.time() < deadline:
     outcome = _kill_mid_save_or_at_random(tmp_path, rng, soak)
     if outcome is None:
       break  # Finished before the kill: nothing left to interrupt.
