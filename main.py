@@ -9,16 +9,13 @@ Flags only; everything else lives in ``emo_jax``. Override any config field with
 ``--config.section.field=value``; an unknown field is an error naming it.
 """
 
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from emo_jax import evaluate, train
+from emo_jax import evaluate, run_logging, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "score"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -27,9 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
-  # Orbax reports every save and restore through absl at INFO; keep the console readable.
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  run_logging.configure_console()
   if FLAGS.mode == "train":
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if results.get("preempted"):  # Saved, not finished: callers must not treat it as done.

@@ -8,13 +8,20 @@ snapshotted into the ``cost`` collection -- the known recipe for EMO from scratc
 
 Every field is documented; variants (``configs/*.py``) import this file and change fields.
 Override from the command line: ``--config.train.num_steps=100 --config.loss.name=mle``.
+
+Every config file takes one optional argument, given after a colon:
+``--config configs/<name>.py:smoke`` is the same config at smoke size (every code path --
+training, warm-up switch, evaluation, checkpoints, resume, samples, export -- in seconds on
+a CPU; the tests and ``--smoke`` drivers use it). See ``sized``.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
+VARIANTS = ("", "smoke")
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Parameter init, dropout and data order all derive from it.
 
@@ -40,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'tfds', wikitext103 | wikitext103_raw | writingprompts | webtext | ag_news_subset), or
   # your own files: 'files:/path/to/{split}.jsonl' (.txt / .jsonl / .csv, see text_field).
   config.data.corpus = "tiny_shakespeare"
-  # 'files': read the upstream files directly (emo_jax.corpora); 'tfds': build and read the
-  # TFDS datasets of emo_jax.tfds_builders (downloads online; offline from manual_dir).
+  # 'files': read the upstream files directly (emo_jax.data.corpora); 'tfds': build and read the
+  # TFDS datasets of emo_jax.data.tfds_builders (downloads online; offline from manual_dir).
   config.data.source = "files"
   config.data.tfds_dir = ""  # TFDS data_dir for source 'tfds'; '' = TFDS's default.
   config.data.text_field = "text"  # Field/column holding the text in .jsonl / .csv files.
@@ -105,6 +112,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Before the first step, record the untouched model's validation perplexity and samples
   # (base.json), and print them next to the trained model's at the end.
   config.train.compare_with_base = False
+  # TensorBoard event files under workdir/tensorboard (metrics.jsonl is always written).
+  config.train.tensorboard = True
 
   # ---- Evaluation (--mode eval) --------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
@@ -114,7 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.max_blocks = 0  # Cap on perplexity blocks (0 = the whole split).
   config.eval.num_prompts = 64  # MAUVE prompts, first N usable documents (paper: 4000-5000).
   # Words of each prompt's prefix and of its human continuation; None = the corpus's lengths
-  # (emo_jax.prompts: WikiText 20/80, PTB 5/25, AG News 10/30, ...; own 'files:' corpora
+  # (emo_jax.evaluation.prompts: WikiText 20/80, PTB 5/25, AG News 10/30, ...; own 'files:' corpora
   # 20/80 as WebText).
   config.eval.prefix_words = config_dict.placeholder(int)
   config.eval.continuation_words = config_dict.placeholder(int)
@@ -153,4 +162,46 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = config_dict.placeholder(str)  # 'host:port'.
   config.distributed.num_processes = config_dict.placeholder(int)
   config.distributed.process_id = config_dict.placeholder(int)
+  return sized(config, variant)
+
+
+def sized(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """``config`` at the size ``variant`` names; every config file's ``get_config`` ends here.
+
+  ``""``: unchanged. ``"smoke"``: a from-scratch model becomes the tiny preset; 12 steps of
+  4 blocks of 16 tokens, a validation pass and a checkpoint every 4 steps, the EMO warm-up
+  (when the config has one) switching at step 4, one short sample, small evaluation sizes,
+  no TensorBoard. Objective, optimizer kind, data source and a pretrained model are kept,
+  so a config's own code paths are the ones exercised.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(
+      f"unknown config variant {variant!r}: expected one of "
+      f"{', '.join(repr(v) for v in VARIANTS)} (configs/<name>.py:<variant>)."
+    )
+  if variant != "smoke":
+    return config
+  if not config.model.pretrained:
+    config.model.preset = "tiny"
+    config.model.max_length = 32
+  config.data.block_size = 16
+  config.data.max_eval_blocks = 8
+  config.train.batch_size = 4
+  config.train.grad_accum_steps = 1
+  config.train.num_epochs = 0
+  config.train.num_steps = 12
+  config.train.log_every = 1
+  config.train.eval_every = 4
+  config.train.save_every = 4
+  config.train.num_samples = min(config.train.num_samples, 1)
+  config.train.sample_tokens = 4
+  config.train.tensorboard = False
+  if config.loss.mle_warmup_steps:
+    config.loss.mle_warmup_steps = 4
+  config.loss.chunk_size = 32
+  config.optim.warmup_steps = 2
+  config.eval.max_blocks = 8
+  config.eval.num_prompts = 8
+  config.eval.batch_size = 4
+  config.eval.max_new_tokens = 8
   return config

@@ -13,7 +13,7 @@ GPT-2 small takes hours.
 from configs import default
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = default.get_config()
   config.model.pretrained = "gpt2"  # Hub name (online) or a local HF directory.
   config.model.dropout = 0.1  # GPT-2's own dropout during fine-tuning.
@@ -41,4 +41,4 @@ def get_config():
   config.train.save_every = 200
   config.train.num_samples = 4
   config.train.sample_tokens = 80
-  return config
+  return default.sized(config, variant)

@@ -17,10 +17,10 @@ Learning rate 3e-4, chosen by an MLE probe over {1e-5, 3e-5, 1e-4, 3e-4, 1e-3} (
 steps, it may be high for runs of hundreds of steps (experiments/RESULTS.md, "SmolLM2-135M").
 """
 
-from configs import gpt2_finetune
+from configs import default, gpt2_finetune
 
 
-def get_config():
+def get_config(variant: str = ""):
   # The paper's LM fine-tuning recipe (objective, optimizer, best-validation checkpoint) ...
   config = gpt2_finetune.get_config()
   # ... on SmolLM2, sized for a CPU.
@@ -46,4 +46,4 @@ def get_config():
   config.eval.split = "test"
   config.eval.num_prompts = 200
   config.eval.batch_size = 16
-  return config
+  return default.sized(config, variant)

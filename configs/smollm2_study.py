@@ -11,10 +11,10 @@ few-shot scorer reads the export). Evaluation: test perplexity on the first 64 b
 tokens (16k tokens), 500 MAUVE prompts (fewer where a corpus has fewer), 80 new tokens each.
 """
 
-from configs import smollm2_finetune
+from configs import default, smollm2_finetune
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = smollm2_finetune.get_config()
   config.train.num_steps = 60
   config.train.log_every = 5
@@ -28,4 +28,4 @@ def get_config():
   config.eval.max_blocks = 64
   config.eval.num_prompts = 500
   config.eval.batch_size = 16
-  return config
+  return default.sized(config, variant)

@@ -16,7 +16,7 @@ re-running the command resumes exactly.
 from configs import default
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = default.get_config()
   config.model.preset = "small-cpu"
   config.model.max_length = 256  # Fine-tuning blocks (128) plus room for 80-token samples.
@@ -42,4 +42,4 @@ def get_config():
   config.train.save_every = 100
   config.train.num_samples = 3
   config.train.sample_tokens = 60
-  return config
+  return default.sized(config, variant)

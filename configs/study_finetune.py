@@ -17,7 +17,7 @@ validation file carved 90/10 into train/validation; tested on the test file), ``
 from configs import default
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = default.get_config()
   config.model.pretrained = "workdirs/study/base/hf_export"  # configs/study_base.py's output.
   config.model.dropout = 0.0
@@ -51,4 +51,4 @@ def get_config():
   config.eval.featurizer = "minilm"
   config.eval.mauve_runs = 5
   config.eval.batch_size = 64
-  return config
+  return default.sized(config, variant)

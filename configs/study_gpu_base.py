@@ -6,10 +6,10 @@ bfloat16 activations (parameters, optimizer state and losses stay float32).
 ``experiments/study_gpu.py`` runs it, then the fine-tuning grid, in one process.
 """
 
-from configs import study_base
+from configs import default, study_base
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = study_base.get_config()
   config.model.preset = "gpt2"
   config.model.dtype = "bfloat16"
@@ -18,4 +18,4 @@ def get_config():
   # A full state is 1.5 GB; the 875-step epoch takes well under a minute on one GPU, so only
   # the best-validation and final checkpoints are written.
   config.train.save_every = 1000
-  return config
+  return default.sized(config, variant)

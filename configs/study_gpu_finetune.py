@@ -8,10 +8,10 @@ generation in larger batches, and no MAUVE featurizer on the device
 repetition later from each run's ``generations.jsonl``.
 """
 
-from configs import study_finetune
+from configs import default, study_finetune
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = study_finetune.get_config()
   config.model.pretrained = "workdirs/study_gpu/base/hf_export"  # study_gpu.py sets the root.
   config.model.dtype = "bfloat16"
@@ -19,4 +19,4 @@ def get_config():
   config.train.export_hf = False  # eval reads the best checkpoint in the workdir.
   config.eval.text_metrics = False
   config.eval.batch_size = 200  # 1000 prompts in 5 compiled calls.
-  return config
+  return default.sized(config, variant)

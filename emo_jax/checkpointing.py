@@ -76,8 +76,10 @@ def _files(directory: str) -> list[str]:
 
 def write_integrity_record(directory: str) -> None:
   """Records ``{relative path: [bytes, crc32]}`` of ``directory``'s files, atomically."""
-  record = {path: [os.path.getsize(os.path.join(directory, path)),
-                   _crc32(os.path.join(directory, path))] for path in _files(directory)}
+  record = {
+    path: [os.path.getsize(os.path.join(directory, path)), _crc32(os.path.join(directory, path))]
+    for path in _files(directory)
+  }
   write_json_atomically(os.path.join(directory, INTEGRITY_FILE), record)
 
 
@@ -98,7 +100,8 @@ def check_integrity(directory: str) -> bool:
       raise CorruptCheckpointError(f"{path} is missing.")
     if os.path.getsize(path) != size:
       raise CorruptCheckpointError(
-          f"{path} has {os.path.getsize(path)} bytes, {size} when saved (truncated?).")
+        f"{path} has {os.path.getsize(path)} bytes, {size} when saved (truncated?)."
+      )
     if _crc32(path) != crc:
       raise CorruptCheckpointError(f"{path} differs from what was saved (CRC-32 mismatch).")
   return True
@@ -126,12 +129,13 @@ class Checkpointer:
     self.best_directory = os.path.join(workdir, "best")
     self.set_aside_directory = os.path.join(workdir, SET_ASIDE_DIRECTORY)
     # Temporary directories are leftovers of saves a crash interrupted: never restorable.
-    options = dict(create=True, enable_async_checkpointing=False,
-                   cleanup_tmp_directories=True)
+    options = dict(create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True)
     self._latest = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options))
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options)
+    )
     self._best = ocp.CheckpointManager(
-        self.best_directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+      self.best_directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
+    )
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -156,8 +160,12 @@ class Checkpointer:
     """Saves (and waits for) a periodic checkpoint of the train state and data position."""
     if self._latest.latest_step() == step:
       return  # Already saved at this step (e.g. SIGTERM right after a periodic save).
-    self._latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+    self._latest.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+    )
     self._latest.wait_until_finished()
     self._record_integrity(self.step_directory(step))
 
@@ -165,8 +173,12 @@ class Checkpointer:
     """Replaces ``best/`` with ``params`` and the validation ``metrics`` that earned them."""
     if self._best.latest_step() == step:
       return
-    self._best.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave(metrics)))
+    self._best.save(
+      step,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave(metrics)
+      ),
+    )
     self._best.wait_until_finished()
     self._record_integrity(os.path.join(self.best_directory, str(step)))
 
@@ -203,18 +215,22 @@ class Checkpointer:
       return restored
     listing = "\n".join(f"  {self.step_directory(s)}: {problem}" for s, problem in problems)
     raise CorruptCheckpointError(
-        f"no periodic checkpoint in {self.directory} restores:\n{listing}\nMove them out of "
-        "the workdir to train from the start, or restore them from a backup.")
+      f"no periodic checkpoint in {self.directory} restores:\n{listing}\nMove them out of "
+      "the workdir to train from the start, or restore them from a backup."
+    )
 
   def _restore_step(self, abstract_state: Any, step: int):
     directory = self.step_directory(step)
     check_integrity(directory)
     try:
-      restored = self._latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      restored = self._latest.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:  # Orbax / tensorstore raise many types for unreadable files.
-      raise CorruptCheckpointError(f"{directory} does not restore: "
-                                   f"{type(e).__name__}: {e}") from e
+      raise CorruptCheckpointError(f"{directory} does not restore: {type(e).__name__}: {e}") from e
     return restored["state"], restored["data"]
 
   def _set_aside(self, steps: list[int]) -> None:
@@ -230,8 +246,11 @@ class Checkpointer:
           target = os.path.join(self.set_aside_directory, f"{step}.{suffix}")
           suffix += 1
         os.replace(self.step_directory(step), target)
-        logging.warning("checkpoint %s did not restore; moved it to %s and resumed from an "
-                        "older one.", self.step_directory(step), target)
+        logging.warning(
+          "checkpoint %s did not restore; moved it to %s and resumed from an older one.",
+          self.step_directory(step),
+          target,
+        )
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("emo_jax set aside damaged checkpoints")
     self._latest.reload()
@@ -241,16 +260,20 @@ class Checkpointer:
     target structure needed)."""
     step = self._require_step(self._latest, step)
     directory = self.step_directory(step)
-    return self._read(directory, lambda: ocp.StandardCheckpointer().restore(
-        os.path.join(directory, "state")))
+    return self._read(
+      directory, lambda: ocp.StandardCheckpointer().restore(os.path.join(directory, "state"))
+    )
 
   # ---- The best checkpoint --------------------------------------------------------------
 
   def restore_best_params(self, abstract_params: Any) -> Any:
     """The best checkpoint's parameters, laid out (and sharded) like ``abstract_params``."""
     step = self._require_step(self._best, None)
-    return self._read_best(lambda: self._best.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))["params"])
+    return self._read_best(
+      lambda: self._best.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+      )["params"]
+    )
 
   def read_best_params(self) -> Any:
     """The best checkpoint's parameters as nested dicts of NumPy arrays (no target needed)."""
@@ -268,8 +291,13 @@ class Checkpointer:
     step = self._best.latest_step()
     if step is None:
       return None
-    return dict(self._read_best(lambda: self._best.restore(
-        step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))["metrics"]))
+    return dict(
+      self._read_best(
+        lambda: self._best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))[
+          "metrics"
+        ]
+      )
+    )
 
   def _read_best(self, read):
     directory = self.best_step_directory()
@@ -277,9 +305,10 @@ class Checkpointer:
       return self._read(directory, read)
     except CorruptCheckpointError as e:
       raise CorruptCheckpointError(
-          f"the best checkpoint is damaged: {e}\nMove {directory} out of the workdir (keep it "
-          "for inspection): --mode eval then evaluates the newest periodic checkpoint, and a "
-          "resumed training run selects a new best at its next evaluation.") from e
+        f"the best checkpoint is damaged: {e}\nMove {directory} out of the workdir (keep it "
+        "for inspection): --mode eval then evaluates the newest periodic checkpoint, and a "
+        "resumed training run selects a new best at its next evaluation."
+      ) from e
 
   @staticmethod
   def _read(directory: str, read):
@@ -287,8 +316,7 @@ class Checkpointer:
     try:
       return read()
     except Exception as e:  # Orbax / tensorstore raise many types for unreadable files.
-      raise CorruptCheckpointError(f"{directory} does not restore: "
-                                   f"{type(e).__name__}: {e}") from e
+      raise CorruptCheckpointError(f"{directory} does not restore: {type(e).__name__}: {e}") from e
 
   # ---- Misc -----------------------------------------------------------------------------
 
@@ -311,5 +339,5 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
   """``ShapeDtypeStruct``s (with shardings) describing ``tree``, for :meth:`restore`."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-      tree)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+  )

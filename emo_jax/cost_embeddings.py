@@ -45,15 +45,21 @@ def make_cost_collection(model, params, source: str | np.ndarray | jax.Array) ->
     if source == ADAPTIVE:
       return {}
     if source != FROZEN_HEAD:
-      raise ValueError(f"cost embeddings source must be {FROZEN_HEAD!r}, {ADAPTIVE!r} or an "
-                       f"array; got {source!r}.")
+      raise ValueError(
+        f"cost embeddings source must be {FROZEN_HEAD!r}, {ADAPTIVE!r} or an array; got {source!r}."
+      )
     embeddings = head_matrix(model, params)
   else:
     embeddings = jnp.asarray(source)
   vocab_size = model.vocab_size
   losses.check_cost_embeddings(embeddings, vocab_size)
-  return {COLLECTION: {"embeddings": losses.normalize_cost_embeddings(
-      jax.lax.stop_gradient(embeddings)).astype(jnp.float32)}}
+  return {
+    COLLECTION: {
+      "embeddings": losses.normalize_cost_embeddings(jax.lax.stop_gradient(embeddings)).astype(
+        jnp.float32
+      )
+    }
+  }
 
 
 def cost_or_head(cost: jax.Array | None, head: jax.Array) -> jax.Array:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,9 @@ def parsing(path: str, what: str) -> Iterator[None]:
   except (DamagedFileError, FileNotFoundError, ImportError):
     raise
   except Exception as e:  # Every parser has its own exception types.
-    raise DamagedFileError(f"{path} is not a readable {what} (truncated or damaged?): "
-                           f"{type(e).__name__}: {e}") from e
+    raise DamagedFileError(
+      f"{path} is not a readable {what} (truncated or damaged?): {type(e).__name__}: {e}"
+    ) from e
 
 
 def read_json(path: str, what: str = "JSON file") -> Any:
@@ -44,5 +46,7 @@ def check_finite(path: str, tensors: Mapping[str, np.ndarray]) -> None:
   """Raises :class:`DamagedFileError` naming the first tensor with a NaN or an infinity."""
   for name, value in tensors.items():
     if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-      raise DamagedFileError(f"tensor {name!r} in {path} has non-finite values (a damaged "
-                             "file, or weights that diverged before they were saved).")
+      raise DamagedFileError(
+        f"tensor {name!r} in {path} has non-finite values (a damaged "
+        "file, or weights that diverged before they were saved)."
+      )

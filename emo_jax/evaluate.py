@@ -4,7 +4,7 @@
 directory, or else the best checkpoint in ``workdir``), then
 
 1. perplexity on ``eval.split`` (token-weighted, padding excluded; the trainer's number);
-2. continuations of the corpus' MAUVE prompts (:mod:`emo_jax.prompts`), unbiased sampling by
+2. continuations of the corpus' MAUVE prompts (:mod:`emo_jax.evaluation.prompts`), unbiased sampling by
    default, exactly ``eval.max_new_tokens`` tokens;
 3. MAUVE (mean ± std over ``eval.mauve_runs``), ROUGE-1/2/L against the human continuations,
    n-gram repetition of model and human text; with ``eval.reference_model``, the oracle
@@ -33,16 +33,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from emo_jax import checkpointing
-from emo_jax import config_checks
-from emo_jax import corpora
-from emo_jax import input_pipeline
-from emo_jax import metrics
-from emo_jax import models
-from emo_jax import prompts as prompts_lib
-from emo_jax import sampling
-from emo_jax import sharding
-from emo_jax import tokenizer as tokenizer_lib
+from emo_jax import checkpointing, config_checks, models, sampling, sharding
+from emo_jax import data as data_lib
+from emo_jax.data import input_pipeline
+from emo_jax.data import tokenizer as tokenizer_lib
+from emo_jax.evaluation import featurizers, text_metrics, token_metrics
+from emo_jax.evaluation import prompts as prompts_lib
 
 GENERATIONS = "generations.jsonl"  # Next to eval.json: what --mode score reads.
 
@@ -55,35 +51,38 @@ def load_model_for_eval(config: ml_collections.ConfigDict, workdir: str, vocab_s
     return model, params, config.eval.model
   checkpointer = checkpointing.Checkpointer(workdir)
   if checkpointer.best_step() is None and checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir} (and eval.model is empty): train "
-                            "first, or set --config.eval.model=<HF directory>.")
+    raise FileNotFoundError(
+      f"no checkpoint in {workdir} (and eval.model is empty): train "
+      "first, or set --config.eval.model=<HF directory>."
+    )
   best = checkpointer.best_step() is not None
   params = checkpointer.read_best_params() if best else checkpointer.read_state()["params"]
   step = checkpointer.best_step() if best else checkpointer.latest_step()
   checkpointer.close()
-  model, _ = models.from_model_config(config.model, vocab_size=vocab_size,
-                                      load_weights=False)  # Weights: the checkpoint.
+  model, _ = models.from_model_config(
+    config.model, vocab_size=vocab_size, load_weights=False
+  )  # Weights: the checkpoint.
   description = f"{workdir} ({'best' if best else 'latest'} checkpoint, step {step})"
   return model, jax.tree.map(jnp.asarray, params), description
 
 
 def _tokenizer(config) -> tokenizer_lib.Tokenizer:
   """``data.tokenizer`` if set, else the tokenizer of the model being evaluated."""
-  return tokenizer_lib.resolve_tokenizer(config.data.tokenizer,
-                                         config.eval.model or config.model.pretrained)
+  return tokenizer_lib.resolve_tokenizer(
+    config.data.tokenizer, config.eval.model or config.model.pretrained
+  )
 
 
 def _distribution_measures(model, params, reference, reference_params, blocks, batch_size=8):
   """Token-weighted distribution measures of the model against the reference on ``blocks``."""
   if reference.vocab_size != model.vocab_size:
-    raise ValueError(f"reference vocab {reference.vocab_size} != model vocab "
-                     f"{model.vocab_size}.")
+    raise ValueError(f"reference vocab {reference.vocab_size} != model vocab {model.vocab_size}.")
 
   @jax.jit
   def sums(params, reference_params, batch):
     logits = model.apply({"params": params}, batch["inputs"])  # [B, L, V]
     reference_logits = reference.apply({"params": reference_params}, batch["inputs"])
-    means = metrics.distribution_measures(logits, reference_logits, batch["weights"])
+    means = token_metrics.distribution_measures(logits, reference_logits, batch["weights"])
     count = jnp.sum(batch["weights"])
     return {k: v * count for k, v in means.items()}, count
 
@@ -104,54 +103,79 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   tokenizer = _tokenizer(config)
   model, params, description = load_model_for_eval(config, workdir, tokenizer.vocab_size)
   tokenizer.check_model_vocab(model.vocab_size)
-  results: dict[str, Any] = {"model": description, "corpus": config.data.corpus,
-                             "split": eval_config.split, "seed": config.seed}
+  results: dict[str, Any] = {
+    "model": description,
+    "corpus": config.data.corpus,
+    "split": eval_config.split,
+    "seed": config.seed,
+  }
   timings = {}
 
   start = time.time()
-  documents = corpora.read_split(config.data, eval_config.split)
+  documents = data_lib.read_split(config.data, eval_config.split)
   block_size = min(config.data.block_size, model.max_length)
-  blocks = input_pipeline.tokenize_and_pack(documents, tokenizer, block_size,
-                                            name=f"{config.data.corpus}/{eval_config.split}")
+  blocks = input_pipeline.tokenize_and_pack(
+    documents, tokenizer, block_size, name=f"{config.data.corpus}/{eval_config.split}"
+  )
   if eval_config.max_blocks:
-    blocks = blocks[:eval_config.max_blocks]
+    blocks = blocks[: eval_config.max_blocks]
   batch_size = eval_config.batch_size
-  eval_fn = jax.jit(functools.partial(metrics.eval_step, model=model))
-  results["perplexity"] = metrics.perplexity(eval_fn, params, blocks, batch_size, mesh)
+  eval_fn = jax.jit(functools.partial(token_metrics.eval_step, model=model))
+  results["perplexity"] = token_metrics.perplexity(eval_fn, params, blocks, batch_size, mesh)
   timings["perplexity_s"] = time.time() - start
-  logging.info("perplexity %.3f on %d blocks of %s", results["perplexity"], len(blocks),
-               eval_config.split)
+  logging.info(
+    "perplexity %.3f on %d blocks of %s", results["perplexity"], len(blocks), eval_config.split
+  )
 
   start = time.time()
-  lengths = prompts_lib.prompt_lengths(config.data.corpus, eval_config.prefix_words,
-                                       eval_config.continuation_words)
-  logging.info("MAUVE prompts of %s: %d prefix words, %d continuation words",
-               config.data.corpus, lengths.prefix_words, lengths.continuation_words)
+  lengths = prompts_lib.prompt_lengths(
+    config.data.corpus, eval_config.prefix_words, eval_config.continuation_words
+  )
+  logging.info(
+    "MAUVE prompts of %s: %d prefix words, %d continuation words",
+    config.data.corpus,
+    lengths.prefix_words,
+    lengths.continuation_words,
+  )
   results["prompt_words"] = dataclasses.asdict(lengths)
-  prompt_set = prompts_lib.make_prompts(config.data.corpus, documents, eval_config.num_prompts,
-                                        lengths=lengths)
+  prompt_set = prompts_lib.make_prompts(
+    config.data.corpus, documents, eval_config.num_prompts, lengths=lengths
+  )
   prompt_ids = tokenizer.encode_batch([p.prefix for p in prompt_set])
   longest = model.max_length - eval_config.max_new_tokens
   if longest < 1:
-    raise config_checks.invalid("eval.max_new_tokens", eval_config.max_new_tokens,
-                                f"below the model's max_length ({model.max_length}), leaving "
-                                "room for the prompt")
+    raise config_checks.invalid(
+      "eval.max_new_tokens",
+      eval_config.max_new_tokens,
+      f"below the model's max_length ({model.max_length}), leaving room for the prompt",
+    )
   prompt_ids = [ids[-longest:] for ids in prompt_ids]  # Keep the prefix's end if too long.
   generated = sampling.generate(
-      model, params, prompt_ids, jax.random.key(config.seed),
-      max_new_tokens=eval_config.max_new_tokens, batch_size=batch_size, mesh=mesh,
-      pad_id=tokenizer.pad_id,
-      temperature=eval_config.temperature, top_k=eval_config.top_k,
-      top_p=eval_config.top_p, typical_p=eval_config.typical_p, greedy=eval_config.greedy)
+    model,
+    params,
+    prompt_ids,
+    jax.random.key(config.seed),
+    max_new_tokens=eval_config.max_new_tokens,
+    batch_size=batch_size,
+    mesh=mesh,
+    pad_id=tokenizer.pad_id,
+    temperature=eval_config.temperature,
+    top_k=eval_config.top_k,
+    top_p=eval_config.top_p,
+    typical_p=eval_config.typical_p,
+    greedy=eval_config.greedy,
+  )
   continuations = tokenizer.decode_batch(generated)
   humans = [p.continuation for p in prompt_set]
   timings["generation_s"] = time.time() - start
   results["num_prompts"] = len(prompt_set)
 
   with open(os.path.join(workdir, GENERATIONS), "w") as f:
-    for prompt, continuation in zip(prompt_set, continuations):
-      f.write(json.dumps({"prefix": prompt.prefix, "model": continuation,
-                          "human": prompt.continuation}) + "\n")
+    f.writelines(
+      json.dumps({"prefix": prompt.prefix, "model": continuation, "human": prompt.continuation})
+      + "\n"
+      for prompt, continuation in zip(prompt_set, continuations)
+    )
   if eval_config.text_metrics:
     start = time.time()
     results.update(score_text(continuations, humans, eval_config, config.seed))
@@ -160,49 +184,67 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   if eval_config.reference_model:
     start = time.time()
     reference, reference_params = models.from_pretrained(eval_config.reference_model)
-    ce_sum, count = metrics.continuation_ce_sums(reference, reference_params, prompt_ids,
-                                                 generated, batch_size, tokenizer.pad_id)
-    results["oracle_perplexity"] = metrics.perplexity_from_sums(ce_sum, count)
+    ce_sum, count = token_metrics.continuation_ce_sums(
+      reference, reference_params, prompt_ids, generated, batch_size, tokenizer.pad_id
+    )
+    results["oracle_perplexity"] = token_metrics.perplexity_from_sums(ce_sum, count)
     results["distribution"] = _distribution_measures(
-        model, params, reference, reference_params, blocks)
+      model, params, reference, reference_params, blocks
+    )
     timings["reference_s"] = time.time() - start
   results["timings"] = timings
   results["examples"] = [
-      {"prefix": p.prefix, "model": c, "human": p.continuation}
-      for p, c in zip(prompt_set[:eval_config.num_examples], continuations)]
+    {"prefix": p.prefix, "model": c, "human": p.continuation}
+    for p, c in zip(prompt_set[: eval_config.num_examples], continuations)
+  ]
 
   for example in results["examples"]:
-    print(f"\n--- prefix: {example['prefix']!r}\n    model:  {example['model']!r}\n"
-          f"    human:  {example['human']!r}")
+    print(
+      f"\n--- prefix: {example['prefix']!r}\n    model:  {example['model']!r}\n"
+      f"    human:  {example['human']!r}"
+    )
   _write_results(results, workdir)
   return results
 
 
-def score_text(continuations: list[str], humans: list[str],
-               eval_config: ml_collections.ConfigDict, seed: int,
-               featurizer=None) -> dict[str, Any]:
+def score_text(
+  continuations: list[str],
+  humans: list[str],
+  eval_config: ml_collections.ConfigDict,
+  seed: int,
+  featurizer=None,
+) -> dict[str, Any]:
   """MAUVE (``eval.featurizer``, ``eval.mauve_runs`` k-means seeds from ``seed``), ROUGE-1/2/L
   against the human continuations and n-gram repetition of both sides. ``featurizer``: one
   already loaded for ``eval.featurizer`` (scoring many runs in one process), else loaded."""
   if featurizer is None:
-    featurizer = metrics.make_featurizer(eval_config.featurizer)
+    featurizer = featurizers.make_featurizer(eval_config.featurizer)
   human_features = featurizer(humans)
   model_features = featurizer(continuations)
-  mauve = metrics.mauve(human_features, model_features, runs=eval_config.mauve_runs, seed=seed,
-                        scaling_factor=eval_config.mauve_scaling)
+  mauve = text_metrics.mauve(
+    human_features,
+    model_features,
+    runs=eval_config.mauve_runs,
+    seed=seed,
+    scaling_factor=eval_config.mauve_scaling,
+  )
   mauve["featurizer"] = featurizer.name
   return {
-      "mauve": mauve,
-      "rouge": metrics.rouge(continuations, humans),
-      "repetition": {
-          f"rep-{n}": {"model": metrics.repetition([c.split() for c in continuations], n),
-                       "human": metrics.repetition([h.split() for h in humans], n)}
-          for n in (1, 2, 3, 4)},
+    "mauve": mauve,
+    "rouge": text_metrics.rouge(continuations, humans),
+    "repetition": {
+      f"rep-{n}": {
+        "model": text_metrics.repetition([c.split() for c in continuations], n),
+        "human": text_metrics.repetition([h.split() for h in humans], n),
+      }
+      for n in (1, 2, 3, 4)
+    },
   }
 
 
-def score_generations(config: ml_collections.ConfigDict, workdir: str,
-                      featurizer=None) -> dict[str, Any]:
+def score_generations(
+  config: ml_collections.ConfigDict, workdir: str, featurizer=None
+) -> dict[str, Any]:
   """``--mode score``: adds :func:`score_text`'s metrics to the ``eval.json`` that an
   ``eval.text_metrics=False`` evaluation wrote, from its ``generations.jsonl``
   (``featurizer`` as in :func:`score_text`).
@@ -220,14 +262,22 @@ def score_generations(config: ml_collections.ConfigDict, workdir: str,
   with open(paths[GENERATIONS]) as f:
     generations = [json.loads(line) for line in f]
   if len(generations) != results["num_prompts"]:
-    raise ValueError(f"{paths[GENERATIONS]} has {len(generations)} generations but eval.json "
-                     f"says {results['num_prompts']} prompts: the files are from different "
-                     "evaluations.")
+    raise ValueError(
+      f"{paths[GENERATIONS]} has {len(generations)} generations but eval.json "
+      f"says {results['num_prompts']} prompts: the files are from different "
+      "evaluations."
+    )
   start = time.time()
   seed = results["seed"]
-  results.update(score_text([g["model"] for g in generations],
-                            [g["human"] for g in generations], config.eval, seed,
-                            featurizer))
+  results.update(
+    score_text(
+      [g["model"] for g in generations],
+      [g["human"] for g in generations],
+      config.eval,
+      seed,
+      featurizer,
+    )
+  )
   results.setdefault("timings", {})["mauve_s"] = time.time() - start
   _write_results(results, workdir)
   return results
@@ -246,19 +296,34 @@ def markdown_table(results: dict[str, Any]) -> str:
   columns = {"perplexity": f"{results['perplexity']:.2f}"}
   mauve = results.get("mauve")  # Absent until scored (eval.text_metrics=False).
   if mauve:
-    columns.update({
+    columns.update(
+      {
         "MAUVE": f"{mauve['mean']:.3f} ± {mauve['std']:.3f}",
-        "ROUGE-1/2/L": "/".join(f"{results['rouge'][k]:.3f}"
-                                for k in ("rouge1", "rouge2", "rougeL")),
-        "rep-2 (model/human)": "{model:.3f}/{human:.3f}".format(
-            **results["repetition"]["rep-2"]),
-    })
+        "ROUGE-1/2/L": "/".join(
+          f"{results['rouge'][k]:.3f}" for k in ("rouge1", "rouge2", "rougeL")
+        ),
+        "rep-2 (model/human)": "{model:.3f}/{human:.3f}".format(**results["repetition"]["rep-2"]),
+      }
+    )
   if "oracle_perplexity" in results:
     columns["oracle ppl"] = f"{results['oracle_perplexity']:.2f}"
     columns.update({k: f"{v:.3f}" for k, v in results["distribution"].items()})
-  scoring = (f"MAUVE featurizer {mauve['featurizer']}, {len(mauve['runs'])} runs"
-             if mauve else f"text metrics not computed yet (--mode score reads {GENERATIONS})")
-  header = (f"Model: {results['model']}; {results['corpus']}/{results['split']}, "
-            f"{results['num_prompts']} prompts, {scoring}.\n\n")
-  return (header + "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n| "
-          + " | ".join(columns.values()) + " |\n")
+  scoring = (
+    f"MAUVE featurizer {mauve['featurizer']}, {len(mauve['runs'])} runs"
+    if mauve
+    else f"text metrics not computed yet (--mode score reads {GENERATIONS})"
+  )
+  header = (
+    f"Model: {results['model']}; {results['corpus']}/{results['split']}, "
+    f"{results['num_prompts']} prompts, {scoring}.\n\n"
+  )
+  return (
+    header
+    + "| "
+    + " | ".join(columns)
+    + " |\n|"
+    + "---|" * len(columns)
+    + "\n| "
+    + " | ".join(columns.values())
+    + " |\n"
+  )

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emo_jax import corpora
+from emo_jax.data import corpora
 from emo_jax.models import causal_lm
 
 
@@ -50,33 +50,50 @@ class Task:
 
 
 TASKS = {
-    "sst2": Task("sst2", "Review: {text}\nSentiment:", ("negative", "positive"),
-                 corpora.sst2_examples, min_demonstration_words=8),
-    # Chosen on the carved validation split (SmolLM2-135M base, the default 8 demonstrations,
-    # 160 queries) among three: "Article: ... Topic: world|sports|business|technology" 0.288
-    # and its capitalised words 0.206 (both predicted "business" for 92-100% of queries),
-    # this one 0.519.
-    "ag_news": Task("ag_news", "News: {text}\nCategory:",
-                    ("World", "Sports", "Business", "Science"), corpora.ag_news_examples),
+  "sst2": Task(
+    "sst2",
+    "Review: {text}\nSentiment:",
+    ("negative", "positive"),
+    corpora.sst2_examples,
+    min_demonstration_words=8,
+  ),
+  # Chosen on the carved validation split (SmolLM2-135M base, the default 8 demonstrations,
+  # 160 queries) among three: "Article: ... Topic: world|sports|business|technology" 0.288
+  # and its capitalised words 0.206 (both predicted "business" for 92-100% of queries),
+  # this one 0.519.
+  "ag_news": Task(
+    "ag_news",
+    "News: {text}\nCategory:",
+    ("World", "Sports", "Business", "Science"),
+    corpora.ag_news_examples,
+  ),
 }
 SEPARATOR = "\n\n"
 
 
-def choose_demonstrations(task: Task, pool: Sequence[tuple[str, int]], k: int,
-                          seed: int = 0) -> list[tuple[str, int]]:
+def choose_demonstrations(
+  task: Task, pool: Sequence[tuple[str, int]], k: int, seed: int = 0
+) -> list[tuple[str, int]]:
   """``k`` demonstrations from ``pool``, as balanced over the labels as ``k`` allows, in a
   seeded random order (a label-sorted prompt would bias the last label)."""
   rng = np.random.default_rng(seed)
   labels = len(task.label_words)
-  eligible = [[i for i, (text, label) in enumerate(pool) if label == wanted
-               and len(text.split()) >= task.min_demonstration_words]
-              for wanted in range(labels)]
+  eligible = [
+    [
+      i
+      for i, (text, label) in enumerate(pool)
+      if label == wanted and len(text.split()) >= task.min_demonstration_words
+    ]
+    for wanted in range(labels)
+  ]
   chosen = []
   for label in range(labels):
     count = k // labels + (label < k % labels)
     if len(eligible[label]) < count:
-      raise ValueError(f"{task.name}: only {len(eligible[label])} eligible demonstrations of "
-                       f"label {task.label_words[label]!r}, {count} needed.")
+      raise ValueError(
+        f"{task.name}: only {len(eligible[label])} eligible demonstrations of "
+        f"label {task.label_words[label]!r}, {count} needed."
+      )
     chosen += [pool[i] for i in rng.choice(eligible[label], count, replace=False)]
   return [chosen[i] for i in rng.permutation(len(chosen))]
 
@@ -103,12 +120,14 @@ def query_text(task: Task, text: str) -> str:
 def _decode(model, params, cache, ids, key_mask, positions, last_only: bool = False):
   """One decode call: float32 logits (of the last position only, if ``last_only``) and the
   updated cache. The head multiplies only the positions whose logits are used."""
+
   def hidden_and_head(module):
     hidden = module.hidden_states(ids, key_mask, positions, True, True)  # [B, T, d]
     return hidden, module.output_embeddings()
 
-  (hidden, head), state = model.apply({"params": params, "cache": cache},
-                                      method=hidden_and_head, mutable=["cache"])
+  (hidden, head), state = model.apply(
+    {"params": params, "cache": cache}, method=hidden_and_head, mutable=["cache"]
+  )
   if last_only:
     hidden = hidden[:, -1:]
   return causal_lm.head_logits(hidden, head), state["cache"]
@@ -120,14 +139,31 @@ def prefill(model, params, prefix_ids, *, total_length: int):
   cache = causal_lm.empty_cache(model, 1, total_length)
   prefix_length = prefix_ids.shape[0]
   key_mask = jnp.ones((1, total_length), jnp.int32)  # Unfilled slots: the cache masks them.
-  _, cache = _decode(model, params, cache, prefix_ids[None], key_mask,
-                     jnp.arange(prefix_length)[None], last_only=True)
+  _, cache = _decode(
+    model,
+    params,
+    cache,
+    prefix_ids[None],
+    key_mask,
+    jnp.arange(prefix_length)[None],
+    last_only=True,
+  )
   return cache
 
 
 @functools.partial(jax.jit, static_argnames=("model", "prefix_length", "total_length"))
-def label_losses(model, params, prefix_cache, query_ids, query_mask, label_ids, label_mask, *,
-                 prefix_length: int, total_length: int) -> jax.Array:
+def label_losses(
+  model,
+  params,
+  prefix_cache,
+  query_ids,
+  query_mask,
+  label_ids,
+  label_mask,
+  *,
+  prefix_length: int,
+  total_length: int,
+) -> jax.Array:
   """``[B, L]`` mean token loss of each label's tokens after ``prefix + query``.
 
   Args:
@@ -144,12 +180,19 @@ def label_losses(model, params, prefix_cache, query_ids, query_mask, label_ids, 
   # Key slots: prefix (real), query (left padding masked), labels (real once written), and
   # the slots this batch does not reach.
   unused = total_length - prefix_length - query_length - label_length
-  key_mask = jnp.concatenate([jnp.ones((batch, prefix_length), jnp.int32), query_mask,
-                              jnp.ones((batch, label_length), jnp.int32),
-                              jnp.zeros((batch, unused), jnp.int32)], axis=1)
+  key_mask = jnp.concatenate(
+    [
+      jnp.ones((batch, prefix_length), jnp.int32),
+      query_mask,
+      jnp.ones((batch, label_length), jnp.int32),
+      jnp.zeros((batch, unused), jnp.int32),
+    ],
+    axis=1,
+  )
   query_positions = prefix_length + jnp.maximum(jnp.cumsum(query_mask, axis=1) - 1, 0)
-  last_logits, cache = _decode(model, params, cache, query_ids, key_mask, query_positions,
-                               last_only=True)  # [B, 1, V]
+  last_logits, cache = _decode(
+    model, params, cache, query_ids, key_mask, query_positions, last_only=True
+  )  # [B, 1, V]
   # Label token 0 is predicted by the query's last position, token j by label token j - 1:
   # only labels' first T - 1 tokens go through the model (none for one-token labels).
   predicting = jnp.repeat(last_logits, labels, axis=0)  # [B*L, 1, V]
@@ -158,8 +201,13 @@ def label_losses(model, params, prefix_cache, query_ids, query_mask, label_ids, 
     start = query_positions[:, -1] + 1  # [B]
     positions = jnp.repeat(start, labels)[:, None] + jnp.arange(label_length - 1)
     label_logits, _ = _decode(
-        model, params, causal_lm.repeat_cache_rows(cache, labels),  # Row b * L + l.
-        tokens[:, :-1], jnp.repeat(key_mask, labels, axis=0), positions)  # [B*L, T-1, V]
+      model,
+      params,
+      causal_lm.repeat_cache_rows(cache, labels),  # Row b * L + l.
+      tokens[:, :-1],
+      jnp.repeat(key_mask, labels, axis=0),
+      positions,
+    )  # [B*L, T-1, V]
     predicting = jnp.concatenate([predicting, label_logits], axis=1)  # [B*L, T, V]
   log_probs = jax.nn.log_softmax(predicting, axis=-1)  # [B*L, T, V]
   token_loss = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # [B*L, T]
@@ -168,20 +216,39 @@ def label_losses(model, params, prefix_cache, query_ids, query_mask, label_ids, 
   return mean_loss.reshape(batch, labels)
 
 
-def classify(model, params, tokenizer, task: Task, demonstrations: Sequence[tuple[str, int]],
-             queries: Sequence[str], batch_size: int = 8) -> np.ndarray:
+def classify(
+  model,
+  params,
+  tokenizer,
+  task: Task,
+  demonstrations: Sequence[tuple[str, int]],
+  queries: Sequence[str],
+  batch_size: int = 8,
+) -> np.ndarray:
   """``[N, L]`` label losses of every query; the prediction is the row's argmin."""
   return label_losses_of_ids(
-      model, params, tokenizer.encode(demonstration_prefix(task, demonstrations)),
-      tokenizer.encode_batch([query_text(task, q) for q in queries]),
-      tokenizer.encode_batch([" " + word for word in task.label_words]),
-      batch_size=batch_size, pad_id=tokenizer.pad_id or 0, name=task.name)
+    model,
+    params,
+    tokenizer.encode(demonstration_prefix(task, demonstrations)),
+    tokenizer.encode_batch([query_text(task, q) for q in queries]),
+    tokenizer.encode_batch([" " + word for word in task.label_words]),
+    batch_size=batch_size,
+    pad_id=tokenizer.pad_id or 0,
+    name=task.name,
+  )
 
 
-def label_losses_of_ids(model, params, prefix_ids: Sequence[int],
-                        query_ids: Sequence[Sequence[int]], label_ids: Sequence[Sequence[int]],
-                        *, batch_size: int = 8, pad_id: int = 0, name: str = "few-shot"
-                        ) -> np.ndarray:
+def label_losses_of_ids(
+  model,
+  params,
+  prefix_ids: Sequence[int],
+  query_ids: Sequence[Sequence[int]],
+  label_ids: Sequence[Sequence[int]],
+  *,
+  batch_size: int = 8,
+  pad_id: int = 0,
+  name: str = "few-shot",
+) -> np.ndarray:
   """:func:`label_losses` over any number of tokenized queries, ``batch_size`` at a time."""
   if not prefix_ids:
     raise ValueError("few-shot scoring needs at least one prefix token (k >= 1).")
@@ -189,30 +256,41 @@ def label_losses_of_ids(model, params, prefix_ids: Sequence[int],
   longest_query = _query_bucket(max(len(q) for q in query_ids))
   total = len(prefix_ids) + longest_query + label_length
   if total > model.max_length:
-    raise ValueError(f"{name}: {len(prefix_ids)} prefix + {longest_query} query + "
-                     f"{label_length} label tokens exceed the model's max_length "
-                     f"({model.max_length}); use fewer demonstrations.")
+    raise ValueError(
+      f"{name}: {len(prefix_ids)} prefix + {longest_query} query + "
+      f"{label_length} label tokens exceed the model's max_length "
+      f"({model.max_length}); use fewer demonstrations."
+    )
   labels = np.zeros((len(label_ids), label_length), np.int32)
   label_mask = np.zeros_like(labels)
   for row, ids in enumerate(label_ids):
-    labels[row, :len(ids)], label_mask[row, :len(ids)] = ids, 1
+    labels[row, : len(ids)], label_mask[row, : len(ids)] = ids, 1
   cache = prefill(model, params, jnp.asarray(prefix_ids, jnp.int32), total_length=total)
   # Queries in order of length, each batch padded to its own bucket: few compiled shapes, and
   # short queries do not pay for the longest one.
   order = np.argsort([len(q) for q in query_ids], kind="stable")
   losses = np.zeros((len(query_ids), len(label_ids)), np.float32)
   for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
+    rows = order[start : start + batch_size]
     chunk = [query_ids[i] for i in rows]
     chunk += [chunk[-1]] * (batch_size - len(rows))  # Padding rows keep the batch shape.
     query_length = _query_bucket(max(len(q) for q in chunk))
     ids = np.full((batch_size, query_length), pad_id, np.int32)
     mask = np.zeros_like(ids)
     for row, query in enumerate(chunk):
-      ids[row, query_length - len(query):], mask[row, query_length - len(query):] = query, 1
-    out = label_losses(model, params, cache, ids, mask, labels, label_mask,
-                       prefix_length=len(prefix_ids), total_length=total)
-    losses[rows] = np.asarray(out)[:len(rows)]
+      ids[row, query_length - len(query) :], mask[row, query_length - len(query) :] = query, 1
+    out = label_losses(
+      model,
+      params,
+      cache,
+      ids,
+      mask,
+      labels,
+      label_mask,
+      prefix_length=len(prefix_ids),
+      total_length=total,
+    )
+    losses[rows] = np.asarray(out)[: len(rows)]
   return losses
 
 
@@ -226,36 +304,41 @@ def _query_bucket(length: int) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def accuracy_with_interval(correct: Sequence[bool], confidence: float = 0.95
-                           ) -> dict[str, float]:
+def accuracy_with_interval(correct: Sequence[bool], confidence: float = 0.95) -> dict[str, float]:
   """Accuracy and its Wilson score interval."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from scipy import stats
 
   correct = np.asarray(correct, bool)
   result = stats.binomtest(int(correct.sum()), len(correct))
   interval = result.proportion_ci(confidence_level=confidence, method="wilson")
-  return {"accuracy": float(correct.mean()), "low": float(interval.low),
-          "high": float(interval.high), "n": int(len(correct))}
+  return {
+    "accuracy": float(correct.mean()),
+    "low": float(interval.low),
+    "high": float(interval.high),
+    "n": len(correct),
+  }
 
 
 def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float]:
   """Exact two-sided McNemar test of two classifiers on the same queries: ``a_only`` /
   ``b_only`` count the queries only A / only B gets right."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from scipy import stats
 
   a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
   if a.shape != b.shape:
     raise ValueError(f"McNemar needs the same queries: {a.shape} vs {b.shape}.")
   a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
   discordant = a_only + b_only
-  p_value = 1.0 if discordant == 0 else float(
-      stats.binomtest(min(a_only, b_only), discordant, 0.5).pvalue)
+  p_value = (
+    1.0 if discordant == 0 else float(stats.binomtest(min(a_only, b_only), discordant, 0.5).pvalue)
+  )
   return {"a_only": a_only, "b_only": b_only, "p_value": p_value}
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskData:
   """A task's fixed prompt material: read once, scored for any number of models."""
+
   task: Task
   k: int
   demonstration_seed: int
@@ -263,25 +346,46 @@ class TaskData:
   queries: list[tuple[str, int]]
 
 
-def load_task(task_name: str, *, k: int = 8, demonstration_seed: int = 0,
-              max_queries: int = 0, manual_dir: str | None = None) -> TaskData:
+def load_task(
+  task_name: str,
+  *,
+  k: int = 8,
+  demonstration_seed: int = 0,
+  max_queries: int = 0,
+  manual_dir: str | None = None,
+) -> TaskData:
   """Demonstrations from the train split; queries the first ``max_queries`` (0 = all) of
   the test split."""
   task = TASKS[task_name]
-  demonstrations = choose_demonstrations(task, task.read("train", manual_dir), k,
-                                         demonstration_seed)
+  demonstrations = choose_demonstrations(
+    task, task.read("train", manual_dir), k, demonstration_seed
+  )
   queries = task.read("test", manual_dir)
-  return TaskData(task, k, demonstration_seed, demonstrations,
-                  queries[:max_queries] if max_queries else queries)
+  return TaskData(
+    task, k, demonstration_seed, demonstrations, queries[:max_queries] if max_queries else queries
+  )
 
 
 def evaluate_task(model, params, tokenizer, data: TaskData, batch_size: int = 8) -> dict:
   """Accuracy of one model on one task with its interval, the per-query predictions and
   correctness (for paired tests) and the demonstrations used."""
-  losses = classify(model, params, tokenizer, data.task, data.demonstrations,
-                    [q for q, _ in data.queries], batch_size)
+  losses = classify(
+    model,
+    params,
+    tokenizer,
+    data.task,
+    data.demonstrations,
+    [q for q, _ in data.queries],
+    batch_size,
+  )
   predictions = losses.argmin(axis=1)
   correct = predictions == np.array([label for _, label in data.queries])
-  return {"task": data.task.name, "k": data.k, "demonstration_seed": data.demonstration_seed,
-          **accuracy_with_interval(correct), "predictions": predictions.tolist(),
-          "correct": correct.tolist(), "demonstrations": data.demonstrations}
+  return {
+    "task": data.task.name,
+    "k": data.k,
+    "demonstration_seed": data.demonstration_seed,
+    **accuracy_with_interval(correct),
+    "predictions": predictions.tolist(),
+    "correct": correct.tolist(),
+    "demonstrations": data.demonstrations,
+  }

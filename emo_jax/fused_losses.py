@@ -75,8 +75,12 @@ class _Objective:
       return ce
     if self.name == "emo":
       return losses.combine_emo(
-          ce, demd, target_prob, weighting=self.weighting, max_weight=self.max_weight,
-          detach_target_prob=self.detach_target_prob,
+        ce,
+        demd,
+        target_prob,
+        weighting=self.weighting,
+        max_weight=self.max_weight,
+        detach_target_prob=self.detach_target_prob,
       )
     if self.name == "mixce":
       return losses.combine_mixce(ce, target_prob, self.mixing_ratio)
@@ -90,14 +94,14 @@ class _Objective:
 
 def _chunk_terms(objective, hidden, head, bias, labels, cost_terms):
   """Logits-side quantities of one chunk: probabilities, CE, p_t and (for EMO) costs/DEMD."""
-  logits = jnp.einsum(
-      "cd,vd->cv", hidden, head, preferred_element_type=jnp.float32
-  ) + bias.astype(jnp.float32)  # [C, V]
+  logits = jnp.einsum("cd,vd->cv", hidden, head, preferred_element_type=jnp.float32) + bias.astype(
+    jnp.float32
+  )  # [C, V]
   log_normalizer = jax.nn.logsumexp(logits, axis=-1)  # [C]
   probs = jnp.exp(logits - log_normalizer[:, None])  # [C, V]
   # Labels >= V gather NaN (fill mode): the loss becomes NaN rather than a wrong number.
   target_logit = jnp.take_along_axis(
-      logits, labels[:, None], axis=-1, mode="fill", fill_value=jnp.nan
+    logits, labels[:, None], axis=-1, mode="fill", fill_value=jnp.nan
   )[:, 0]  # [C]
   ce = log_normalizer - target_logit  # [C]
   costs = demd = None
@@ -105,25 +109,33 @@ def _chunk_terms(objective, hidden, head, bias, labels, cost_terms):
     # Ê is never materialised: raw rows times their inverse norms give the same cosines
     # and cost O(V) extra memory instead of a normalised [V, d_c] copy.
     cost, inverse_norms = cost_terms  # [V, d_c], [V]
-    target_unit = jnp.take(cost, labels, axis=0, mode="fill", fill_value=jnp.nan).astype(
-        jnp.float32) * inverse_norms[labels][:, None]  # [C, d_c]: ê_t
-    cosines = jnp.einsum(
-        "ck,vk->cv", target_unit.astype(cost.dtype), cost,
+    target_unit = (
+      jnp.take(cost, labels, axis=0, mode="fill", fill_value=jnp.nan).astype(jnp.float32)
+      * inverse_norms[labels][:, None]
+    )  # [C, d_c]: ê_t
+    cosines = (
+      jnp.einsum(
+        "ck,vk->cv",
+        target_unit.astype(cost.dtype),
+        cost,
         preferred_element_type=jnp.float32,
-    ) * inverse_norms  # [C, V]: ê_t·ê_j
+      )
+      * inverse_norms
+    )  # [C, V]: ê_t·ê_j
     costs = 1.0 - cosines  # [C, V]: c_j
     demd = jnp.sum(probs * costs, axis=-1)  # [C]
   return probs, ce, jnp.exp(-ce), costs, demd
 
 
-def _chunked_pass(objective, with_grads, hidden, head, bias, labels, token_scale, cost_terms,
-                  chunk_size):
+def _chunked_pass(
+  objective, with_grads, hidden, head, bias, labels, token_scale, cost_terms, chunk_size
+):
   """Scans the chunks; returns (loss, ce, demd) and, if asked, (d_hidden, d_head, d_bias).
 
   ``token_scale`` ``[N]`` already folds in the token weights and the mean's normaliser, so
   ``loss = Σ_i token_scale_i · loss_i``.
   """
-  num_tokens, width = hidden.shape
+  num_tokens, _width = hidden.shape
   # The head's matmuls take the activations' dtype (bf16 training keeps float32 parameters,
   # and a bf16 x f32 product would silently run in float32); they accumulate in float32, and
   # the head's gradient is accumulated and returned in its own dtype.
@@ -142,9 +154,11 @@ def _chunked_pass(objective, with_grads, hidden, head, bias, labels, token_scale
   def step(carry, chunk):
     hidden_c, labels_c, scale_c = chunk  # [C, d], [C], [C]
     probs, ce, target_prob, costs, demd = _chunk_terms(
-        objective, hidden_c, head_low, bias, labels_c, cost_terms)
+      objective, hidden_c, head_low, bias, labels_c, cost_terms
+    )
     token_loss, combine_vjp = jax.vjp(
-        lambda ce, demd: objective.combine(ce, demd, target_prob), ce, demd)
+      lambda ce, demd: objective.combine(ce, demd, target_prob), ce, demd
+    )
     loss_sum = jnp.sum(jnp.where(scale_c != 0, scale_c * token_loss, 0.0))
     if not with_grads:
       return (carry[0] + loss_sum,), (ce, demd)
@@ -159,9 +173,11 @@ def _chunked_pass(objective, with_grads, hidden, head, bias, labels, token_scale
     d_logits = d_logits.at[jnp.arange(chunk_size), labels_c].add(-d_ce, mode="drop")
     d_logits_low = d_logits.astype(hidden_c.dtype)  # Matmul inputs in the model's dtype.
     d_hidden_c = jnp.einsum(
-        "cv,vd->cd", d_logits_low, head_low, preferred_element_type=jnp.float32)  # [C, d]
+      "cv,vd->cd", d_logits_low, head_low, preferred_element_type=jnp.float32
+    )  # [C, d]
     d_head_acc = d_head_acc + jnp.einsum(
-        "cv,cd->vd", d_logits_low, hidden_c, preferred_element_type=jnp.float32)  # [V, d]
+      "cv,cd->vd", d_logits_low, hidden_c, preferred_element_type=jnp.float32
+    )  # [V, d]
     d_bias_acc = d_bias_acc + jnp.sum(d_logits, axis=0)  # [V]
     return (loss_acc + loss_sum, d_head_acc, d_bias_acc), (ce, demd, d_hidden_c)
 
@@ -182,14 +198,16 @@ def _chunked_pass(objective, with_grads, hidden, head, bias, labels, token_scale
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _fused(objective, chunk_size, hidden, head, bias, labels, token_scale, cost_terms):
-  outputs, _ = _chunked_pass(objective, False, hidden, head, bias, labels, token_scale,
-                             cost_terms, chunk_size)
+  outputs, _ = _chunked_pass(
+    objective, False, hidden, head, bias, labels, token_scale, cost_terms, chunk_size
+  )
   return outputs
 
 
 def _fused_fwd(objective, chunk_size, hidden, head, bias, labels, token_scale, cost_terms):
   outputs, (d_hidden, d_head, d_bias) = _chunked_pass(
-      objective, True, hidden, head, bias, labels, token_scale, cost_terms, chunk_size)
+    objective, True, hidden, head, bias, labels, token_scale, cost_terms, chunk_size
+  )
   # Stored in the inputs' dtypes (cotangents must match them); accumulation was float32.
   grads = (d_hidden.astype(hidden.dtype), d_head.astype(head.dtype), d_bias.astype(bias.dtype))
   return outputs, grads
@@ -197,15 +215,14 @@ def _fused_fwd(objective, chunk_size, hidden, head, bias, labels, token_scale, c
 
 def _fused_bwd(objective, chunk_size, grads, cotangents):
   d_loss = cotangents[0]  # The per-token CE/DEMD outputs are stop-gradient diagnostics.
-  d_hidden, d_head, d_bias = (
-      (d_loss * g.astype(jnp.float32)).astype(g.dtype) for g in grads)
+  d_hidden, d_head, d_bias = ((d_loss * g.astype(jnp.float32)).astype(g.dtype) for g in grads)
   return (
-      d_hidden,
-      d_head,
-      d_bias,
-      None,  # labels: integers.
-      None,  # token weights: not differentiated.
-      None,  # cost embeddings: frozen.
+    d_hidden,
+    d_head,
+    d_bias,
+    None,  # labels: integers.
+    None,  # token weights: not differentiated.
+    None,  # cost embeddings: frozen.
   )
 
 
@@ -217,12 +234,13 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 # ----------------------------------------------------------------------------------------
 
 
-def _fused_objective(objective, hidden, head, labels, cost_embeddings, bias, weights,
-                     chunk_size, reduction):
+def _fused_objective(
+  objective, hidden, head, labels, cost_embeddings, bias, weights, chunk_size, reduction
+):
   if hidden.ndim < 1 or head.ndim != 2 or hidden.shape[-1] != head.shape[1]:
     raise ValueError(
-        f"hidden [..., d] and head [V, d] must share d; got hidden {hidden.shape}, "
-        f"head {head.shape} (pass the LM head as [vocab, width])."
+      f"hidden [..., d] and head [V, d] must share d; got hidden {hidden.shape}, "
+      f"head {head.shape} (pass the LM head as [vocab, width])."
     )
   for name, x in (("hidden", hidden), ("head", head)):
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -230,8 +248,9 @@ def _fused_objective(objective, hidden, head, labels, cost_embeddings, bias, wei
   vocab_size = head.shape[0]
   losses.check_labels(labels, vocab_size)
   if labels.shape != hidden.shape[:-1]:
-    raise ValueError(f"labels shape {labels.shape} != hidden shape without the width "
-                     f"{hidden.shape[:-1]}.")
+    raise ValueError(
+      f"labels shape {labels.shape} != hidden shape without the width {hidden.shape[:-1]}."
+    )
   if bias is None:
     bias = jnp.zeros((vocab_size,), jnp.float32)
   elif bias.shape != (vocab_size,):
@@ -265,8 +284,14 @@ def _fused_objective(objective, hidden, head, labels, cost_embeddings, bias, wei
   num_tokens = flat_labels.shape[0]
   chunk_size = balanced_chunk_size(num_tokens, max(1, int(chunk_size)))
   loss, ce, demd = _fused(
-      objective, chunk_size, hidden.reshape(num_tokens, hidden.shape[-1]), head, bias,
-      jnp.where(flat_labels >= 0, flat_labels, 0), token_scale.reshape(-1), cost_terms,
+    objective,
+    chunk_size,
+    hidden.reshape(num_tokens, hidden.shape[-1]),
+    head,
+    bias,
+    jnp.where(flat_labels >= 0, flat_labels, 0),
+    token_scale.reshape(-1),
+    cost_terms,
   )
   valid = token_weights != 0
   aux = {"ce": jnp.where(valid, ce.reshape(labels.shape), 0.0)}
@@ -301,18 +326,18 @@ _SHARED_ARGS_DOC = """
 
 
 def fused_emo(
-    hidden: Array,
-    head: Array,
-    labels: Array,
-    cost_embeddings: Array,
-    *,
-    bias: Array | None = None,
-    weights: Array | None = None,
-    weighting: losses.Weighting = "mle",
-    max_weight: float | None = None,
-    detach_target_prob: bool = False,
-    chunk_size: int | None = None,
-    reduction: Reduction = "mean",
+  hidden: Array,
+  head: Array,
+  labels: Array,
+  cost_embeddings: Array,
+  *,
+  bias: Array | None = None,
+  weights: Array | None = None,
+  weighting: losses.Weighting = "mle",
+  max_weight: float | None = None,
+  detach_target_prob: bool = False,
+  chunk_size: int | None = None,
+  reduction: Reduction = "mean",
 ):
   """Reduced :func:`emo_jax.losses.emo` of ``hidden @ head.T + bias``, without ``[N, V]``.
 
@@ -321,33 +346,80 @@ def fused_emo(
   :func:`emo_jax.losses.emo`.
   """
   losses.check_emo_options(weighting, max_weight)
-  objective = _Objective("emo", weighting=weighting, max_weight=max_weight,
-                         detach_target_prob=detach_target_prob)
-  return _fused_objective(objective, hidden, head, labels, cost_embeddings, bias, weights,
-                          chunk_size, reduction)
+  objective = _Objective(
+    "emo", weighting=weighting, max_weight=max_weight, detach_target_prob=detach_target_prob
+  )
+  return _fused_objective(
+    objective, hidden, head, labels, cost_embeddings, bias, weights, chunk_size, reduction
+  )
 
 
-def fused_cross_entropy(hidden, head, labels, *, bias=None, weights=None,
-                        chunk_size: int | None = None, reduction: Reduction = "mean"):
+def fused_cross_entropy(
+  hidden,
+  head,
+  labels,
+  *,
+  bias=None,
+  weights=None,
+  chunk_size: int | None = None,
+  reduction: Reduction = "mean",
+):
   """Reduced :func:`emo_jax.losses.cross_entropy` of ``hidden @ head.T + bias``."""
-  return _fused_objective(_Objective("cross_entropy"), hidden, head, labels, None, bias,
-                          weights, chunk_size, reduction)
+  return _fused_objective(
+    _Objective("cross_entropy"), hidden, head, labels, None, bias, weights, chunk_size, reduction
+  )
 
 
-def fused_mixce(hidden, head, labels, *, mixing_ratio: float = 0.5, bias=None, weights=None,
-                chunk_size: int | None = None, reduction: Reduction = "mean"):
+def fused_mixce(
+  hidden,
+  head,
+  labels,
+  *,
+  mixing_ratio: float = 0.5,
+  bias=None,
+  weights=None,
+  chunk_size: int | None = None,
+  reduction: Reduction = "mean",
+):
   """Reduced :func:`emo_jax.losses.mixce` of ``hidden @ head.T + bias``."""
   losses.check_unit_interval("mixing_ratio", mixing_ratio)
-  return _fused_objective(_Objective("mixce", mixing_ratio=mixing_ratio), hidden, head,
-                          labels, None, bias, weights, chunk_size, reduction)
+  return _fused_objective(
+    _Objective("mixce", mixing_ratio=mixing_ratio),
+    hidden,
+    head,
+    labels,
+    None,
+    bias,
+    weights,
+    chunk_size,
+    reduction,
+  )
 
 
-def fused_tailr(hidden, head, labels, *, gamma: float = 0.5, bias=None, weights=None,
-                chunk_size: int | None = None, reduction: Reduction = "mean"):
+def fused_tailr(
+  hidden,
+  head,
+  labels,
+  *,
+  gamma: float = 0.5,
+  bias=None,
+  weights=None,
+  chunk_size: int | None = None,
+  reduction: Reduction = "mean",
+):
   """Reduced :func:`emo_jax.losses.tailr` of ``hidden @ head.T + bias``."""
   losses.check_unit_interval("gamma", gamma)
-  return _fused_objective(_Objective("tailr", gamma=gamma), hidden, head, labels, None, bias,
-                          weights, chunk_size, reduction)
+  return _fused_objective(
+    _Objective("tailr", gamma=gamma),
+    hidden,
+    head,
+    labels,
+    None,
+    bias,
+    weights,
+    chunk_size,
+    reduction,
+  )
 
 
 for _fn in (fused_emo, fused_cross_entropy, fused_mixce, fused_tailr):

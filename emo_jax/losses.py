@@ -24,7 +24,8 @@ into NaN instead of a plausible wrong number (see :func:`checked` to raise under
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +69,8 @@ def _check_logits(logits: Array) -> None:
 def _check_labels(labels: Array, logits: Array) -> None:
   if labels.shape != logits.shape[:-1]:
     raise ValueError(
-        f"labels shape {labels.shape} must equal logits shape without the vocabulary axis "
-        f"{logits.shape[:-1]} (logits {logits.shape})."
+      f"labels shape {labels.shape} must equal logits shape without the vocabulary axis "
+      f"{logits.shape[:-1]} (logits {logits.shape})."
     )
   check_labels(labels, logits.shape[-1])
 
@@ -78,8 +79,8 @@ def check_labels(labels: Array, vocab_size: int) -> None:
   """Raises unless ``labels`` are integer ids; if concrete, also unless all are ``< V``."""
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
-        f"labels must be integer token ids, got dtype {labels.dtype} (soft targets go to "
-        "soft_demd as label_probs)."
+      f"labels must be integer token ids, got dtype {labels.dtype} (soft targets go to "
+      "soft_demd as label_probs)."
     )
   if _is_concrete(labels) and labels.size:
     labels_np = np.asarray(labels)
@@ -87,9 +88,9 @@ def check_labels(labels: Array, vocab_size: int) -> None:
     if too_large.any():
       index = tuple(int(i) for i in np.argwhere(too_large)[0])
       raise ValueError(
-          f"label out of range: labels{list(index)} = {int(labels_np[index])} but the "
-          f"vocabulary has {vocab_size} tokens (valid ids 0..{vocab_size - 1}; negative "
-          "ids mean 'ignore')."
+        f"label out of range: labels{list(index)} = {int(labels_np[index])} but the "
+        f"vocabulary has {vocab_size} tokens (valid ids 0..{vocab_size - 1}; negative "
+        "ids mean 'ignore')."
       )
 
 
@@ -97,27 +98,23 @@ def check_cost_embeddings(cost_embeddings: Array, vocab_size: int) -> None:
   """Raises unless ``cost_embeddings`` is a float ``[vocab_size, d_c]`` matrix with no zero row
   (the row check needs a concrete array; under ``jit`` a zero row yields NaN instead)."""
   if cost_embeddings.ndim != 2:
-    raise ValueError(
-        f"cost_embeddings must be [V, d_c], got shape {cost_embeddings.shape}."
-    )
+    raise ValueError(f"cost_embeddings must be [V, d_c], got shape {cost_embeddings.shape}.")
   if cost_embeddings.shape[0] != vocab_size:
     raise ValueError(
-        f"cost-embedding vocab ({cost_embeddings.shape[0]} rows) != logits vocab "
-        f"({vocab_size}); the cost embeddings must have one row per token."
+      f"cost-embedding vocab ({cost_embeddings.shape[0]} rows) != logits vocab "
+      f"({vocab_size}); the cost embeddings must have one row per token."
     )
   if not jnp.issubdtype(cost_embeddings.dtype, jnp.floating):
-    raise TypeError(
-        f"cost_embeddings must have a floating dtype, got {cost_embeddings.dtype}."
-    )
+    raise TypeError(f"cost_embeddings must have a floating dtype, got {cost_embeddings.dtype}.")
   if _is_concrete(cost_embeddings):
     rows = np.asarray(cost_embeddings, np.float32)
     norms = np.sqrt(np.einsum("vd,vd->v", rows, rows))  # No [V, d_c] temporary.
     zero_rows = np.flatnonzero(~(norms > 0))  # Also catches NaN norms.
     if zero_rows.size:
       raise ValueError(
-          f"cost_embeddings row {int(zero_rows[0])} has zero (or non-finite) norm, so its "
-          f"cosine cost is undefined ({zero_rows.size} such row(s): "
-          f"{zero_rows[:8].tolist()}...)."
+        f"cost_embeddings row {int(zero_rows[0])} has zero (or non-finite) norm, so its "
+        f"cosine cost is undefined ({zero_rows.size} such row(s): "
+        f"{zero_rows[:8].tolist()}...)."
       )
 
 
@@ -132,7 +129,7 @@ def _where_mask(where: Array | None, shape: tuple[int, ...]) -> Array:
     return jnp.broadcast_to(where, shape)
   except ValueError:
     raise ValueError(
-        f"where shape {where.shape} does not broadcast to the per-token shape {shape}."
+      f"where shape {where.shape} does not broadcast to the per-token shape {shape}."
     ) from None
 
 
@@ -175,7 +172,7 @@ def _log_probs_and_targets(logits: Array, labels: Array, valid: Array):
   safe_labels = jnp.where(valid, labels, 0)  # [...]
   # Labels >= V inside jit gather NaN (fill mode), so the loss is NaN, not a wrong number.
   target_log_prob = jnp.take_along_axis(
-      log_probs, safe_labels[..., None], axis=-1, mode="fill", fill_value=jnp.nan
+    log_probs, safe_labels[..., None], axis=-1, mode="fill", fill_value=jnp.nan
   )[..., 0]  # [...]
   return log_probs, target_log_prob, safe_labels
 
@@ -183,12 +180,17 @@ def _log_probs_and_targets(logits: Array, labels: Array, valid: Array):
 def _demd_from_probs(probs: Array, safe_labels: Array, unit_embeddings: Array) -> Array:
   """``1 - (Êᵀp)·ê_t`` without any ``[..., V]`` one-hot."""
   expected_embedding = jnp.einsum(
-      "...v,vd->...d", probs, unit_embeddings.astype(probs.dtype),
-      precision=_COST_PRECISION,
+    "...v,vd->...d",
+    probs,
+    unit_embeddings.astype(probs.dtype),
+    precision=_COST_PRECISION,
   )  # [..., d_c]
   target_embedding = jnp.take(
-      unit_embeddings.astype(probs.dtype), safe_labels, axis=0,
-      mode="fill", fill_value=jnp.nan,
+    unit_embeddings.astype(probs.dtype),
+    safe_labels,
+    axis=0,
+    mode="fill",
+    fill_value=jnp.nan,
   )  # [..., d_c]
   return 1.0 - jnp.sum(expected_embedding * target_embedding, axis=-1)  # [...]
 
@@ -212,13 +214,13 @@ def check_unit_interval(name: str, value: float) -> None:
 
 
 def combine_emo(
-    ce: Array,
-    demd: Array,
-    target_prob: Array,
-    *,
-    weighting: Weighting = "mle",
-    max_weight: float | None = None,
-    detach_target_prob: bool = False,
+  ce: Array,
+  demd: Array,
+  target_prob: Array,
+  *,
+  weighting: Weighting = "mle",
+  max_weight: float | None = None,
+  detach_target_prob: bool = False,
 ) -> Array:
   """EMO's per-token combination of CE and DEMD (see :func:`emo`); elementwise.
 
@@ -291,10 +293,10 @@ def cross_entropy(logits: Array, labels: Array, where: Array | None = None) -> A
 
 
 def demd(
-    logits: Array,
-    labels: Array,
-    cost_embeddings: Array,
-    where: Array | None = None,
+  logits: Array,
+  labels: Array,
+  cost_embeddings: Array,
+  where: Array | None = None,
 ) -> Array:
   r"""Per-token differentiable EMD to a one-hot target (EMO, Ren et al. 2024, Eq. 9).
 
@@ -337,10 +339,10 @@ def demd(
 
 
 def soft_demd(
-    logits: Array,
-    label_probs: Array,
-    cost_embeddings: Array,
-    where: Array | None = None,
+  logits: Array,
+  label_probs: Array,
+  cost_embeddings: Array,
+  where: Array | None = None,
 ) -> Array:
   r"""Per-token upper bound on the EMD to a soft target ``τ`` (EMO, Ren et al. 2024, Eq. 8).
 
@@ -373,7 +375,7 @@ def soft_demd(
   _check_logits(logits)
   if label_probs.shape != logits.shape:
     raise ValueError(
-        f"label_probs shape {label_probs.shape} must equal logits shape {logits.shape}."
+      f"label_probs shape {label_probs.shape} must equal logits shape {logits.shape}."
     )
   if not jnp.issubdtype(label_probs.dtype, jnp.floating):
     raise TypeError(f"label_probs must be a float distribution, got {label_probs.dtype}.")
@@ -383,25 +385,27 @@ def soft_demd(
   unit_embeddings = _unit_rows(cost_embeddings).astype(dtype)  # [V, d_c]
   probs = jax.nn.softmax(logits.astype(dtype))  # [..., V]
   expected_embedding = jnp.einsum(
-      "...v,vd->...d", probs, unit_embeddings, precision=_COST_PRECISION
+    "...v,vd->...d", probs, unit_embeddings, precision=_COST_PRECISION
   )  # [..., d_c]
   target_embedding = jnp.einsum(
-      "...v,vd->...d", label_probs.astype(dtype), unit_embeddings,
-      precision=_COST_PRECISION,
+    "...v,vd->...d",
+    label_probs.astype(dtype),
+    unit_embeddings,
+    precision=_COST_PRECISION,
   )  # [..., d_c]
   bound = 1.0 - jnp.sum(expected_embedding * target_embedding, axis=-1)  # [...]
   return _masked(bound, valid)
 
 
 def emo(
-    logits: Array,
-    labels: Array,
-    cost_embeddings: Array,
-    *,
-    weighting: Weighting = "mle",
-    max_weight: float | None = None,
-    detach_target_prob: bool = False,
-    where: Array | None = None,
+  logits: Array,
+  labels: Array,
+  cost_embeddings: Array,
+  *,
+  weighting: Weighting = "mle",
+  max_weight: float | None = None,
+  detach_target_prob: bool = False,
+  where: Array | None = None,
 ) -> Array:
   r"""Per-token EMO objective: CE and DEMD combined as in the paper's released code.
 
@@ -458,17 +462,21 @@ def emo(
   ce = -target_log_prob  # [...]
   demd_value = _demd_from_probs(jnp.exp(log_probs), safe_labels, unit_embeddings)  # [...]
   loss = combine_emo(
-      ce, demd_value, jnp.exp(target_log_prob), weighting=weighting,
-      max_weight=max_weight, detach_target_prob=detach_target_prob,
+    ce,
+    demd_value,
+    jnp.exp(target_log_prob),
+    weighting=weighting,
+    max_weight=max_weight,
+    detach_target_prob=detach_target_prob,
   )
   return _masked(loss, valid)
 
 
 def mixce(
-    logits: Array,
-    labels: Array,
-    mixing_ratio: float = 0.5,
-    where: Array | None = None,
+  logits: Array,
+  labels: Array,
+  mixing_ratio: float = 0.5,
+  where: Array | None = None,
 ) -> Array:
   r"""Per-token MixCE (Zhang et al., ACL 2023), as implemented in the EMO paper's code.
 
@@ -504,10 +512,10 @@ def mixce(
 
 
 def tailr(
-    logits: Array,
-    labels: Array,
-    gamma: float = 0.5,
-    where: Array | None = None,
+  logits: Array,
+  labels: Array,
+  gamma: float = 0.5,
+  where: Array | None = None,
 ) -> Array:
   r"""Per-token TaiLr (Ji et al., ICLR 2023), as implemented in the EMO paper's code.
 
@@ -580,17 +588,17 @@ def check_finite_values(logits: Array, labels: Array, cost_embeddings: Array | N
   """
   vocab_size = logits.shape[-1]
   checkify.check(
-      jnp.all(labels < vocab_size),
-      f"label out of range: max label {{label}} but the vocabulary has {vocab_size} tokens",
-      label=jnp.max(labels),
+    jnp.all(labels < vocab_size),
+    f"label out of range: max label {{label}} but the vocabulary has {vocab_size} tokens",
+    label=jnp.max(labels),
   )
   checkify.check(jnp.all(jnp.isfinite(logits)), "logits contain NaN or Inf")
   if cost_embeddings is not None:
     norms = jnp.linalg.norm(cost_embeddings.astype(jnp.float32), axis=-1)  # [V]
     checkify.check(
-        jnp.all(norms > 0),
-        "cost_embeddings row {row} has zero (or non-finite) norm",
-        row=jnp.argmin(jnp.where(norms > 0, 1, 0)),
+      jnp.all(norms > 0),
+      "cost_embeddings row {row} has zero (or non-finite) norm",
+      row=jnp.argmin(jnp.where(norms > 0, 1, 0)),
     )
 
 

@@ -4,6 +4,7 @@ curves. Only process 0 writes; every other process gets a logger that does nothi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -11,10 +12,32 @@ import time
 from typing import Any
 
 
-class RunLogger:
-  """Scalars go to ``metrics.jsonl`` and TensorBoard event files under ``workdir``."""
+class _NoMissingTpuRuntime(logging.Filter):
+  """Drops JAX's report that ``libtpu.so`` is absent: on a host without TPUs that is not news,
+  and it is the first line every run printed. Other backend failures (a CUDA plugin that
+  does not load) still show."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Unable to initialize backend 'tpu'") and "libtpu.so" in message)
+
+
+def configure_console() -> None:
+  """The console of a command-line run: INFO from emo_jax, warnings from orbax (it reports
+  every save and restore through absl at INFO), no probing noise from JAX."""
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  probing = logging.getLogger("jax._src.xla_bridge")
+  if not any(isinstance(f, _NoMissingTpuRuntime) for f in probing.filters):
+    probing.addFilter(_NoMissingTpuRuntime())
+
+
+class RunLogger:
+  """Scalars go to ``metrics.jsonl`` and (``tensorboard``) event files under ``workdir``."""
+
+  def __init__(
+    self, workdir: str, total_steps: int, enabled: bool = True, tensorboard: bool = True
+  ):
     self.enabled = enabled
     self.total_steps = total_steps
     self.workdir = workdir
@@ -22,13 +45,15 @@ class RunLogger:
     self._start_step: int | None = None
     self._writer = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
       os.makedirs(workdir, exist_ok=True)
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      if tensorboard:
+        # Imported only when used: tensorboardX imports torch (seconds of start-up).
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
       path = os.path.join(workdir, "metrics.jsonl")
       _drop_partial_last_line(path)
-      self._jsonl = open(path, "a", encoding="utf-8")
+      self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close()).
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -36,9 +61,10 @@ class RunLogger:
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    for name, value in scalars.items():
-      self._writer.add_scalar(name, float(value), int(step))
-    self._writer.flush()
+    if self._writer is not None:
+      for name, value in scalars.items():
+        self._writer.add_scalar(name, float(value), int(step))
+      self._writer.flush()
 
   def progress(self, step: int, loss: float, tokens_per_second: float) -> None:
     """One ``\\r``-updated line: step, loss, tokens/s and ETA."""
@@ -53,14 +79,17 @@ class RunLogger:
     filled = int(width * step / max(self.total_steps, 1))
     bar = "#" * filled + "-" * (width - filled)
     eta = format_duration(remaining)
-    sys.stderr.write(f"\r[{bar}] {step}/{self.total_steps} loss {loss:.4f} "
-                     f"{tokens_per_second:,.0f} tok/s ETA {eta}   ")
+    sys.stderr.write(
+      f"\r[{bar}] {step}/{self.total_steps} loss {loss:.4f} "
+      f"{tokens_per_second:,.0f} tok/s ETA {eta}   "
+    )
     sys.stderr.flush()
 
   def close(self) -> None:
     if self.enabled:
       sys.stderr.write("\n")
-      self._writer.close()
+      if self._writer is not None:
+        self._writer.close()
       self._jsonl.close()
 
 
@@ -80,7 +109,7 @@ def format_duration(seconds: float) -> str:
   at an hour."""
   if not math.isfinite(seconds) or seconds < 0:
     return "--:--"
-  minutes, secs = divmod(int(round(seconds)), 60)
+  minutes, secs = divmod(round(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
@@ -99,10 +128,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 def plot_curves(workdir: str, out_name: str = "curves.png") -> str:
   """Training loss and validation perplexity against step, as a PNG in the workdir."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   records = read_metrics(workdir)
   series = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,9 @@ from emo_jax import sharding
 from emo_jax.models import causal_lm
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(
+  prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """``[B, P]`` ids and mask (1 = real token), each prompt right-aligned; ``P`` is the
   longest prompt unless ``length`` is given."""
   length = length or max(len(p) for p in prompts)
@@ -36,13 +37,18 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | No
   ids = np.full((len(prompts), length), pad_id, np.int32)
   mask = np.zeros((len(prompts), length), np.int32)
   for row, prompt in enumerate(prompts):
-    ids[row, length - len(prompt):] = prompt
-    mask[row, length - len(prompt):] = 1
+    ids[row, length - len(prompt) :] = prompt
+    mask[row, length - len(prompt) :] = 1
   return ids, mask
 
 
-def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, typical_p: float = 1.0) -> jax.Array:
+def filter_logits(
+  logits: jax.Array,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  typical_p: float = 1.0,
+) -> jax.Array:
   """Temperature, then top-k, nucleus (top-p) and locally typical filtering.
 
   Removed tokens get ``-inf``; every filter keeps at least the single best token. With the
@@ -75,8 +81,9 @@ def _keep_smallest_mass(logits: jax.Array, order_key: jax.Array, mass: float) ->
   sorted_probs = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), order, axis=-1)
   mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs  # [B, V]
   keep_sorted = mass_before < mass  # The first token always has mass_before = 0.
-  keep = jnp.zeros_like(keep_sorted).at[
-      jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+  keep = (
+    jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+  )
   return jnp.where(keep, logits, -jnp.inf)
 
 
@@ -95,13 +102,35 @@ def _inverse_cdf_sample(keys: jax.Array, logits: jax.Array) -> jax.Array:
   return jnp.minimum(token, logits.shape[-1] - 1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k",
-                                             "top_p", "typical_p", "greedy", "eos_id"))
-def sample(model, params, prompt_ids, prompt_mask, rng, row_offset=0, *,
-           max_new_tokens: int,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           typical_p: float = 1.0, greedy: bool = False, eos_id: int | None = None
-           ) -> jax.Array:
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "model",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "greedy",
+    "eos_id",
+  ),
+)
+def sample(
+  model,
+  params,
+  prompt_ids,
+  prompt_mask,
+  rng,
+  row_offset=0,
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  typical_p: float = 1.0,
+  greedy: bool = False,
+  eos_id: int | None = None,
+) -> jax.Array:
   """``[B, max_new_tokens]`` continuations of left-padded prompts.
 
   Args:
@@ -120,14 +149,20 @@ def sample(model, params, prompt_ids, prompt_mask, rng, row_offset=0, *,
   batch, prompt_length = prompt_ids.shape
   total = prompt_length + max_new_tokens
   if total > model.max_length:
-    raise ValueError(f"prompt {prompt_length} + {max_new_tokens} new tokens exceeds "
-                     f"max_length={model.max_length}.")
+    raise ValueError(
+      f"prompt {prompt_length} + {max_new_tokens} new tokens exceeds max_length={model.max_length}."
+    )
   cache = causal_lm.empty_cache(model, batch, total)
   key_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, max_new_tokens), jnp.int32)], 1)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
-  logits, state = model.apply({"params": params, "cache": cache}, prompt_ids,
-                              attention_mask=key_mask, position_ids=positions, decode=True,
-                              mutable=["cache"])
+  logits, state = model.apply(
+    {"params": params, "cache": cache},
+    prompt_ids,
+    attention_mask=key_mask,
+    position_ids=positions,
+    decode=True,
+    mutable=["cache"],
+  )
   row_keys = jax.vmap(lambda b: jax.random.fold_in(rng, b))(row_offset + jnp.arange(batch))
 
   def choose(step_logits, step):
@@ -143,9 +178,14 @@ def sample(model, params, prompt_ids, prompt_mask, rng, row_offset=0, *,
     if eos_id is not None:
       token = jnp.where(finished, eos_id, token)
       finished = finished | (token == eos_id)
-    logits, state = model.apply({"params": params, "cache": cache}, token[:, None],
-                                attention_mask=key_mask, position_ids=next_position[:, None],
-                                decode=True, mutable=["cache"])
+    logits, state = model.apply(
+      {"params": params, "cache": cache},
+      token[:, None],
+      attention_mask=key_mask,
+      position_ids=next_position[:, None],
+      decode=True,
+      mutable=["cache"],
+    )
     return (state["cache"], logits[:, -1], next_position + 1, finished), token
 
   first_position = positions[:, -1] + 1
@@ -157,12 +197,23 @@ def sample(model, params, prompt_ids, prompt_mask, rng, row_offset=0, *,
 def trim_at_eos(tokens: Sequence[int], eos_id: int) -> list[int]:
   """The tokens before the first ``eos_id``."""
   tokens = list(tokens)
-  return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
+  return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
-def generate(model, params, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
-             max_new_tokens: int, batch_size: int, mesh=None, eos_id: int | None = None,
-             pad_id: int = 0, progress: bool = True, **decoding) -> list[list[int]]:
+def generate(
+  model,
+  params,
+  prompts: Sequence[Sequence[int]],
+  rng: jax.Array,
+  *,
+  max_new_tokens: int,
+  batch_size: int,
+  mesh=None,
+  eos_id: int | None = None,
+  pad_id: int = 0,
+  progress: bool = True,
+  **decoding,
+) -> list[list[int]]:
   """Continuations of any number of prompts, ``batch_size`` rows per compiled call.
 
   Every batch is padded to ``batch_size`` rows (one compilation) and, with a ``mesh``,
@@ -176,23 +227,35 @@ def generate(model, params, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
   prompt_length = max(len(p) for p in prompts)
   outputs, start_time, generated = [], time.time(), 0
   for start in range(0, len(prompts), batch_size):
-    chunk = list(prompts[start:start + batch_size])
+    chunk = list(prompts[start : start + batch_size])
     real_rows = len(chunk)
     chunk += [chunk[-1]] * (batch_size - real_rows)  # Padding rows, dropped below.
     ids, mask = left_pad(chunk, pad_id, length=prompt_length)
     if mesh is not None:
       ids, mask = (jax.device_put(x, sharding.batch_sharding(mesh, 2)) for x in (ids, mask))
-    tokens = sample(model, params, ids, mask, rng, row_offset=start,
-                    max_new_tokens=max_new_tokens, eos_id=eos_id, **decoding)
+    tokens = sample(
+      model,
+      params,
+      ids,
+      mask,
+      rng,
+      row_offset=start,
+      max_new_tokens=max_new_tokens,
+      eos_id=eos_id,
+      **decoding,
+    )
     tokens = np.asarray(jax.device_get(tokens))[:real_rows]
     outputs += [row.tolist() for row in tokens]
     generated += real_rows * max_new_tokens
     if progress:
       elapsed = time.time() - start_time
-      print(f"\rgenerate: {len(outputs)}/{len(prompts)} prompts, "
-            f"{generated / max(elapsed, 1e-9):.0f} tokens/s", end="", file=sys.stderr,
-            flush=True)
+      print(
+        f"\rgenerate: {len(outputs)}/{len(prompts)} prompts, "
+        f"{generated / max(elapsed, 1e-9):.0f} tokens/s",
+        end="",
+        file=sys.stderr,
+        flush=True,
+      )
   if progress:
     print(file=sys.stderr)
   return outputs
-

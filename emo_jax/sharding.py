@@ -8,12 +8,14 @@ is split over both; a parameter's *logical* axes (declared by the model) are map
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over every device.
@@ -21,18 +23,20 @@ BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over every device.
 # Logical parameter axes -> mesh axes. The large axis of each matrix goes to 'fsdp';
 # everything else is replicated. Order matters: the first matching rule wins.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    ("vocab", "fsdp"),
-    ("mlp", "fsdp"),
-    ("qkv", "fsdp"),
-    ("positions", None),
-    ("embed", None),
-    ("norm", None),
+  ("vocab", "fsdp"),
+  ("mlp", "fsdp"),
+  ("qkv", "fsdp"),
+  ("positions", None),
+  ("embed", None),
+  ("norm", None),
 )
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Joins a multi-process run; must precede any device use in the process.
 
   Cross-process collectives of the CPU backend go through Gloo (JAX's CPU default has
@@ -43,8 +47,7 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None
-              ) -> Mesh:
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ``('data', 'fsdp')`` mesh; ``-1`` takes the devices the other axis leaves."""
   devices = list(devices if devices is not None else jax.devices())
   count = len(devices)
@@ -55,8 +58,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
   if fsdp == -1:
     fsdp = count // data
   if data * fsdp != count:
-    raise ValueError(f"mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices; "
-                     f"{count} are available.")
+    raise ValueError(
+      f"mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices; {count} are available."
+    )
   device_grid = np.asarray(devices).reshape(data, fsdp)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * 2)
 
@@ -64,8 +68,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
 def logical_to_sharding(logical_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   """``NamedSharding`` for every leaf of a tree of logical ``PartitionSpec``s."""
   mesh_specs = nn.logical_to_mesh(logical_tree, rules)
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), mesh_specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec), mesh_specs, is_leaf=lambda x: isinstance(x, P)
+  )
 
 
 def shardings_for(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
@@ -98,10 +103,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray], batch_axis: int = 0
-                 ) -> dict[str, jax.Array]:
+def global_batch(
+  mesh: Mesh, local_batch: dict[str, np.ndarray], batch_axis: int = 0
+) -> dict[str, jax.Array]:
   """Assembles the global batch from each process's rows (multi-host safe)."""
+
   def put(x):
-    return jax.make_array_from_process_local_data(
-        batch_sharding(mesh, x.ndim, batch_axis), x)
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, batch_axis), x)
+
   return jax.tree.map(put, local_batch)

@@ -20,7 +20,8 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -30,19 +31,21 @@ import ml_collections
 import numpy as np
 import optax
 
-from emo_jax import checkpointing
-from emo_jax import config_checks
-from emo_jax import corpora
+from emo_jax import (
+  checkpointing,
+  config_checks,
+  fused_losses,
+  losses,
+  models,
+  run_logging,
+  sampling,
+  sharding,
+)
 from emo_jax import cost_embeddings as cost_lib
-from emo_jax import fused_losses
-from emo_jax import input_pipeline
-from emo_jax import losses
-from emo_jax import metrics as metrics_lib
-from emo_jax import models
-from emo_jax import run_logging
-from emo_jax import sampling
-from emo_jax import sharding
-from emo_jax import tokenizer as tokenizer_lib
+from emo_jax import data as data_lib
+from emo_jax.data import input_pipeline
+from emo_jax.data import tokenizer as tokenizer_lib
+from emo_jax.evaluation import token_metrics
 
 # An objective maps (hidden [..., d], head [V, d], targets [...], weights [...], cost
 # [V, d_c] | None) to (summed loss, per-token aux dict). Sums, not means: gradient
@@ -68,10 +71,12 @@ class TrainState:
 
 def _naive_objective(per_token_loss, needs_cost, hidden, head, targets, weights, cost):
   """Reference path: materialise ``[..., V]`` logits and reduce a per-token loss."""
-  logits = jnp.einsum("...d,vd->...v", hidden, head.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)  # [B, T, V]
-  per_token = per_token_loss(logits, targets, cost) if needs_cost else per_token_loss(
-      logits, targets)
+  logits = jnp.einsum(
+    "...d,vd->...v", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32
+  )  # [B, T, V]
+  per_token = (
+    per_token_loss(logits, targets, cost) if needs_cost else per_token_loss(logits, targets)
+  )
   aux = {"ce": losses.cross_entropy(logits, targets)}
   if needs_cost:
     aux["demd"] = losses.demd(logits, targets, cost)
@@ -84,32 +89,37 @@ def _fused_objective(fused_loss, needs_cost, hidden, head, targets, weights, cos
   return fused_loss(hidden, head, targets, weights=weights)
 
 
-def make_objective(loss_config: ml_collections.ConfigDict, name: str | None = None
-                   ) -> Objective:
+def make_objective(loss_config: ml_collections.ConfigDict, name: str | None = None) -> Objective:
   """The objective for ``loss_config`` (``name`` overrides ``loss.name``)."""
   name = name or loss_config.name
   if loss_config.fused:
     common = dict(chunk_size=loss_config.chunk_size, reduction="sum")
     bound = {
-        "mle": functools.partial(fused_losses.fused_cross_entropy, **common),
-        "emo": functools.partial(
-            fused_losses.fused_emo, weighting=loss_config.weighting,
-            max_weight=loss_config.max_weight,
-            detach_target_prob=loss_config.detach_target_prob, **common),
-        "mixce": functools.partial(fused_losses.fused_mixce,
-                                   mixing_ratio=loss_config.mixing_ratio, **common),
-        "tailr": functools.partial(fused_losses.fused_tailr, gamma=loss_config.gamma,
-                                   **common),
+      "mle": functools.partial(fused_losses.fused_cross_entropy, **common),
+      "emo": functools.partial(
+        fused_losses.fused_emo,
+        weighting=loss_config.weighting,
+        max_weight=loss_config.max_weight,
+        detach_target_prob=loss_config.detach_target_prob,
+        **common,
+      ),
+      "mixce": functools.partial(
+        fused_losses.fused_mixce, mixing_ratio=loss_config.mixing_ratio, **common
+      ),
+      "tailr": functools.partial(fused_losses.fused_tailr, gamma=loss_config.gamma, **common),
     }
     wrap = _fused_objective
   else:
     bound = {
-        "mle": losses.cross_entropy,
-        "emo": functools.partial(
-            losses.emo, weighting=loss_config.weighting, max_weight=loss_config.max_weight,
-            detach_target_prob=loss_config.detach_target_prob),
-        "mixce": functools.partial(losses.mixce, mixing_ratio=loss_config.mixing_ratio),
-        "tailr": functools.partial(losses.tailr, gamma=loss_config.gamma),
+      "mle": losses.cross_entropy,
+      "emo": functools.partial(
+        losses.emo,
+        weighting=loss_config.weighting,
+        max_weight=loss_config.max_weight,
+        detach_target_prob=loss_config.detach_target_prob,
+      ),
+      "mixce": functools.partial(losses.mixce, mixing_ratio=loss_config.mixing_ratio),
+      "tailr": functools.partial(losses.tailr, gamma=loss_config.gamma),
     }
     wrap = _naive_objective
   if name not in bound:
@@ -126,13 +136,12 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
   warmup = optax.linear_schedule(0.0, optim.learning_rate, max(optim.warmup_steps, 1))
   decay_steps = max(total_steps - optim.warmup_steps, 1)
   decays = {
-      "constant": optax.constant_schedule(optim.learning_rate),
-      "linear": optax.linear_schedule(optim.learning_rate, 0.0, decay_steps),
-      "cosine": optax.cosine_decay_schedule(optim.learning_rate, decay_steps),
+    "constant": optax.constant_schedule(optim.learning_rate),
+    "linear": optax.linear_schedule(optim.learning_rate, 0.0, decay_steps),
+    "cosine": optax.cosine_decay_schedule(optim.learning_rate, decay_steps),
   }
   if optim.schedule not in decays:
-    raise ValueError(f"optim.schedule must be one of {sorted(decays)}, got "
-                     f"{optim.schedule!r}.")
+    raise ValueError(f"optim.schedule must be one of {sorted(decays)}, got {optim.schedule!r}.")
   return optax.join_schedules([warmup, decays[optim.schedule]], [optim.warmup_steps])
 
 
@@ -143,8 +152,16 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
   chain = []
   if optim.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-  chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                           weight_decay=optim.weight_decay, mask=decay_mask))
+  chain.append(
+    optax.adamw(
+      schedule,
+      b1=optim.b1,
+      b2=optim.b2,
+      eps=optim.eps,
+      weight_decay=optim.weight_decay,
+      mask=decay_mask,
+    )
+  )
   return optax.chain(*chain), schedule
 
 
@@ -153,8 +170,16 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
 # ----------------------------------------------------------------------------------------
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimizer,
-               objective: Objective, skip_nonfinite: bool, use_dropout: bool):
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model,
+  optimizer,
+  objective: Objective,
+  skip_nonfinite: bool,
+  use_dropout: bool,
+):
   """One optimizer step over ``batch`` arrays ``[accum, micro_batch, length]``.
 
   The micro-batches' summed losses and gradients are added up and divided by the total
@@ -165,9 +190,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
 
   def micro_loss(params, micro, rng):
     hidden, head = models.hidden_states_and_head(
-        model, params, micro["inputs"], dropout_rng=rng if use_dropout else None)
-    return objective(hidden, head, micro["targets"], micro["weights"],
-                     cost_lib.cost_or_head(cost, head))
+      model, params, micro["inputs"], dropout_rng=rng if use_dropout else None
+    )
+    return objective(
+      hidden, head, micro["targets"], micro["weights"], cost_lib.cost_or_head(cost, head)
+    )
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -176,14 +203,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
     grads_sum, loss_sum, ce_sum, demd_sum = carry
     (loss, aux), grads = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index))
     weights = micro["weights"]
-    return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss,
-            ce_sum + jnp.sum(aux["ce"] * weights),
-            demd_sum + jnp.sum(aux.get("demd", jnp.zeros_like(weights)) * weights)), None
+    return (
+      jax.tree.map(jnp.add, grads_sum, grads),
+      loss_sum + loss,
+      ce_sum + jnp.sum(aux["ce"] * weights),
+      demd_sum + jnp.sum(aux.get("demd", jnp.zeros_like(weights)) * weights),
+    ), None
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   num_micro = batch["inputs"].shape[0]
   (grads, loss_sum, ce_sum, demd_sum), _ = jax.lax.scan(
-      accumulate, (zeros, 0.0, 0.0, 0.0), (batch, jnp.arange(num_micro)))
+    accumulate, (zeros, 0.0, 0.0, 0.0), (batch, jnp.arange(num_micro))
+  )
   token_count = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
   grads = jax.tree.map(lambda g: g / token_count, grads)
   loss = loss_sum / token_count
@@ -196,9 +227,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
     new_params = keep(new_params, state.params)
     new_opt_state = keep(new_opt_state, state.opt_state)
   new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state)
-  metrics = {"loss": loss, "ce": ce_sum / token_count, "demd": demd_sum / token_count,
-             "grad_norm": optax.tree.norm(grads), "finite": finite,
-             "tokens": token_count}
+  metrics = {
+    "loss": loss,
+    "ce": ce_sum / token_count,
+    "demd": demd_sum / token_count,
+    "grad_norm": optax.tree.norm(grads),
+    "finite": finite,
+    "tokens": token_count,
+  }
   return new_state, metrics
 
 
@@ -207,8 +243,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, optimiz
 # ----------------------------------------------------------------------------------------
 
 
-def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholder,
-                       cost_dim):
+def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholder, cost_dim):
   """The initial state, created already sharded (``eval_shape`` -> specs -> ``jit``)."""
 
   def init_fn(rng):
@@ -217,11 +252,18 @@ def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholde
     cost = None
     if use_cost_placeholder:
       # Filled when MLE warm-up ends (from-scratch 'frozen_head') or by the loaded model.
-      cost = {"embeddings": nn.Partitioned(
-          jnp.zeros((model.vocab_size, cost_dim), jnp.float32), ("vocab", "embed"))}
-    return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                      opt_state=optimizer.init(params),
-                      rng=jax.random.key_data(state_rng), cost=cost)
+      cost = {
+        "embeddings": nn.Partitioned(
+          jnp.zeros((model.vocab_size, cost_dim), jnp.float32), ("vocab", "embed")
+        )
+      }
+    return TrainState(
+      step=jnp.array(0, jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      rng=jax.random.key_data(state_rng),
+      cost=cost,
+    )
 
   state, state_shardings = sharding.create_sharded(init_fn, mesh, rng)
   return nn.meta.unbox(state), nn.meta.unbox(state_shardings)
@@ -237,19 +279,27 @@ class _Data:
 def load_data(config, model, tokenizer) -> _Data:
   tokenizer.check_model_vocab(model.vocab_size)
   if config.data.block_size > model.max_length:
-    raise config_checks.invalid("data.block_size", config.data.block_size,
-                                f"at most the model's max_length ({model.max_length})")
+    raise config_checks.invalid(
+      "data.block_size",
+      config.data.block_size,
+      f"at most the model's max_length ({model.max_length})",
+    )
   blocks = {}
   for split in (config.data.train_split, config.data.eval_split):
-    documents = corpora.read_split(config.data, split)
+    documents = data_lib.read_split(config.data, split)
     blocks[split] = input_pipeline.tokenize_and_pack(
-        documents, tokenizer, config.data.block_size, name=f"{config.data.corpus}/{split}")
+      documents, tokenizer, config.data.block_size, name=f"{config.data.corpus}/{split}"
+    )
   eval_blocks = blocks[config.data.eval_split]
   if config.data.max_eval_blocks:
-    eval_blocks = eval_blocks[:config.data.max_eval_blocks]
+    eval_blocks = eval_blocks[: config.data.max_eval_blocks]
   train = input_pipeline.TrainIterator(
-      blocks[config.data.train_split], config.train.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    blocks[config.data.train_split],
+    config.train.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   return _Data(train=train, eval_blocks=eval_blocks, tokenizer=tokenizer)
 
 
@@ -293,9 +343,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Runs (or resumes) training in ``workdir``; returns the final metrics."""
   config_checks.check_config(config)  # Before anything is read, built or compiled.
   if config.distributed.enabled:
-    sharding.initialize_distributed(config.distributed.coordinator_address,
-                                    config.distributed.num_processes,
-                                    config.distributed.process_id)
+    sharding.initialize_distributed(
+      config.distributed.coordinator_address,
+      config.distributed.num_processes,
+      config.distributed.process_id,
+    )
   config_checks.check_batch_layout(config.train, jax.device_count(), jax.process_count())
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -309,29 +361,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   resuming = checkpointer.latest_step() is not None
   # A resumed run reads its weights from the checkpoint: only the architecture is loaded.
   model, pretrained_params = models.from_model_config(
-      config.model, vocab_size=tokenizer.vocab_size, load_weights=not resuming)
+    config.model, vocab_size=tokenizer.vocab_size, load_weights=not resuming
+  )
   data = load_data(config, model, tokenizer)
-  total_steps = (config.train.num_epochs * data.train.batches_per_epoch
-                 if config.train.num_epochs else config.train.num_steps)
+  total_steps = (
+    config.train.num_epochs * data.train.batches_per_epoch
+    if config.train.num_epochs
+    else config.train.num_steps
+  )
   config_checks.check_warmup(config.optim.warmup_steps, total_steps)
   optimizer, schedule = make_optimizer(config.optim, total_steps)
 
   frozen = config.loss.cost_source == cost_lib.FROZEN_HEAD
   state, state_shardings = create_train_state(
-      model, optimizer, mesh, jax.random.key(config.seed), config.data.block_size,
-      use_cost_placeholder=frozen, cost_dim=model.hidden_size)
+    model,
+    optimizer,
+    mesh,
+    jax.random.key(config.seed),
+    config.data.block_size,
+    use_cost_placeholder=frozen,
+    cost_dim=model.hidden_size,
+  )
 
   # The frozen cost: the pretrained head at step 0 (the paper's recipe) or, from scratch, the
   # head as MLE warm-up leaves it.
   snapshot_cost = jax.jit(
-      lambda params: cost_lib.make_cost_collection(model, params, cost_lib.FROZEN_HEAD)[
-          cost_lib.COLLECTION], out_shardings=state_shardings.cost)
+    lambda params: cost_lib.make_cost_collection(model, params, cost_lib.FROZEN_HEAD)[
+      cost_lib.COLLECTION
+    ],
+    out_shardings=state_shardings.cost,
+  )
   warmup_steps = config.loss.mle_warmup_steps
   # (The collection exists for every objective, so a workdir can resume under another one,
   # but only EMO reads it: MLE/MixCE/TaiLr runs skip the snapshot.)
   from_scratch = not config.model.pretrained
-  snapshot_step = (warmup_steps if frozen and from_scratch and config.loss.name == "emo"
-                   else None)
+  snapshot_step = warmup_steps if frozen and from_scratch and config.loss.name == "emo" else None
   if resuming:
     state, data_state = checkpointer.restore(checkpointing.abstract_like(state))
     data.train.set_state(data_state["train"])
@@ -349,17 +413,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def compile_step(objective):
     step = functools.partial(
-        train_step, model=model, optimizer=optimizer, objective=objective,
-        skip_nonfinite=config.train.nan_policy == "skip", use_dropout=config.model.dropout > 0)
-    return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)),
-                   donate_argnums=(0,))
+      train_step,
+      model=model,
+      optimizer=optimizer,
+      objective=objective,
+      skip_nonfinite=config.train.nan_policy == "skip",
+      use_dropout=config.model.dropout > 0,
+    )
+    return jax.jit(
+      step,
+      in_shardings=(state_shardings, batch_shardings),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,),
+    )
 
   steps = {"warmup": compile_step(warmup_objective), "main": compile_step(main_objective)}
-  eval_fn = jax.jit(functools.partial(metrics_lib.eval_step, model=model),
-                    in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, 2)))
+  eval_fn = jax.jit(
+    functools.partial(token_metrics.eval_step, model=model),
+    in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, 2)),
+  )
 
-  logger = run_logging.RunLogger(workdir, total_steps, enabled=is_main)
+  logger = run_logging.RunLogger(
+    workdir, total_steps, enabled=is_main, tensorboard=config.train.tensorboard
+  )
   preemption = _Preemption()
   # Every process tracks the best score, so all of them join the best saves. It is read back
   # from the best checkpoint itself (best_metric.json only mirrors it, for people and tools).
@@ -368,8 +444,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   if config.train.compare_with_base and not resuming:
     # The untouched model's numbers, so the end of the run can show what training changed.
-    base = {"eval/perplexity": metrics_lib.perplexity(
-        eval_fn, state.params, data.eval_blocks, config.train.batch_size, mesh)}
+    base = {
+      "eval/perplexity": token_metrics.perplexity(
+        eval_fn, state.params, data.eval_blocks, config.train.batch_size, mesh
+      )
+    }
     logger.write(0, {"eval/perplexity": base["eval/perplexity"]})
     if config.train.num_samples and is_main:
       base["samples"] = _samples(model, state.params, data, config)
@@ -390,19 +469,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if not metrics["finite"]:
         if config.train.nan_policy == "stop":
           raise FloatingPointError(
-              f"non-finite loss ({metrics['loss']}) at step {step}; the last good checkpoint "
-              f"is {checkpointer.describe_latest()}. Set train.nan_policy='skip' to drop such "
-              "steps instead.")
+            f"non-finite loss ({metrics['loss']}) at step {step}; the last good checkpoint "
+            f"is {checkpointer.describe_latest()}. Set train.nan_policy='skip' to drop such "
+            "steps instead."
+          )
         last_logged["skipped"] = last_logged.get("skipped", 0) + 1
       if step % config.train.log_every == 0 or step == total_steps:
         elapsed = time.time() - last_time
         tokens_per_second = float(metrics["tokens"]) * (step - last_step) / max(elapsed, 1e-9)
-        scalars = {"train/loss": metrics["loss"], "train/ce": metrics["ce"],
-                   "train/grad_norm": metrics["grad_norm"],
-                   "train/learning_rate": schedule(step - 1),
-                   "train/tokens_per_second": tokens_per_second,
-                   "train/step_seconds": elapsed / max(step - last_step, 1),
-                   "train/skipped_steps": last_logged.get("skipped", 0)}
+        scalars = {
+          "train/loss": metrics["loss"],
+          "train/ce": metrics["ce"],
+          "train/grad_norm": metrics["grad_norm"],
+          "train/learning_rate": schedule(step - 1),
+          "train/tokens_per_second": tokens_per_second,
+          "train/step_seconds": elapsed / max(step - last_step, 1),
+          "train/skipped_steps": last_logged.get("skipped", 0),
+        }
         if phase == "main" and config.loss.name == "emo":
           scalars["train/demd"] = metrics["demd"]
         logger.write(step, scalars)
@@ -410,22 +493,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         last_time, last_step = time.time(), step
       paused_at = time.time()  # Evaluation and saving do not count as step time.
       if step % config.train.eval_every == 0 or step == total_steps:
-        perplexity = metrics_lib.perplexity(eval_fn, state.params, data.eval_blocks,
-                                                config.train.batch_size, mesh)
+        perplexity = token_metrics.perplexity(
+          eval_fn, state.params, data.eval_blocks, config.train.batch_size, mesh
+        )
         logger.write(step, {"eval/perplexity": perplexity})
         if perplexity < best:
           best = perplexity
           best_metrics = {"step": step, "eval/perplexity": perplexity}
           checkpointer.save_best(step, state.params, best_metrics)
           if is_main:
-            checkpointing.write_json_atomically(os.path.join(workdir, BEST_METRIC_FILE),
-                                                best_metrics)
+            checkpointing.write_json_atomically(
+              os.path.join(workdir, BEST_METRIC_FILE), best_metrics
+            )
       if step % config.train.save_every == 0 or step == total_steps or preemption.requested:
         checkpointer.save(step, state, {"train": data.train.get_state()})
       last_time += time.time() - paused_at
       if preemption.requested:
-        logging.warning("SIGTERM: saved step %d to %s; exiting.", step,
-                        checkpointer.describe_latest())
+        logging.warning(
+          "SIGTERM: saved step %d to %s; exiting.", step, checkpointer.describe_latest()
+        )
         checkpointer.close()
         return {"step": step, "preempted": True}
   finally:
@@ -447,8 +533,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results["samples"] = _samples(model, best_params, data, config)
     _print_samples(results["samples"], results.get("base", {}).get("samples"))
   if is_main and "base" in results:
-    print(f"\nvalidation perplexity: base {results['base']['eval/perplexity']:.2f} -> "
-          f"fine-tuned {best:.2f} (best checkpoint)")
+    print(
+      f"\nvalidation perplexity: base {results['base']['eval/perplexity']:.2f} -> "
+      f"fine-tuned {best:.2f} (best checkpoint)"
+    )
   if is_main:
     results["curves"] = run_logging.plot_curves(workdir)
     checkpointing.write_json_atomically(os.path.join(workdir, "results.json"), results)
@@ -459,22 +547,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _samples(model, params, data: _Data, config) -> list[dict[str, str]]:
   """Unbiased (ancestral) continuations of validation prefixes, next to the truth."""
   prefix = 16
-  rows = data.eval_blocks[:config.train.num_samples]
+  rows = data.eval_blocks[: config.train.num_samples]
   prompts = [[int(t) for t in row[:prefix] if t >= 0] for row in rows]
   ids, mask = sampling.left_pad(prompts, data.tokenizer.pad_id)
-  tokens = sampling.sample(model, params, ids, mask, jax.random.key(config.seed),
-                           max_new_tokens=config.train.sample_tokens)
+  tokens = sampling.sample(
+    model, params, ids, mask, jax.random.key(config.seed), max_new_tokens=config.train.sample_tokens
+  )
   samples = []
   for prompt, row, continuation in zip(prompts, rows, np.asarray(tokens)):
-    truth = [int(t) for t in row[prefix:prefix + config.train.sample_tokens] if t >= 0]
-    samples.append({"prompt": data.tokenizer.decode(prompt),
-                    "model": data.tokenizer.decode(continuation.tolist()),
-                    "human": data.tokenizer.decode(truth)})
+    truth = [int(t) for t in row[prefix : prefix + config.train.sample_tokens] if t >= 0]
+    samples.append(
+      {
+        "prompt": data.tokenizer.decode(prompt),
+        "model": data.tokenizer.decode(continuation.tolist()),
+        "human": data.tokenizer.decode(truth),
+      }
+    )
   return samples
 
 
-def _print_samples(samples: list[dict[str, str]],
-                   base_samples: list[dict[str, str]] | None = None) -> None:
+def _print_samples(
+  samples: list[dict[str, str]], base_samples: list[dict[str, str]] | None = None
+) -> None:
   """Each prompt with the trained model's continuation (and the base's, when recorded)."""
   for i, sample in enumerate(samples):
     lines = [f"\n--- prompt: {sample['prompt']!r}"]

@@ -20,14 +20,14 @@ import benchmarking
 
 VOCAB, WIDTH = 50257, 768
 METHODS = {
-    # name: (framework, matmul count per fwd+bwd)
-    "matmul ceiling": ("jax", 1),
-    "naive CE (JAX)": ("jax", 3),
-    "naive EMO (JAX)": ("jax", 5),
-    "fused CE (JAX)": ("jax", 3),
-    "fused EMO (JAX)": ("jax", 4),
-    "PyTorch CE": ("torch", 3),
-    "PyTorch official EMO": ("torch", 5),
+  # name: (framework, matmul count per fwd+bwd)
+  "matmul ceiling": ("jax", 1),
+  "naive CE (JAX)": ("jax", 3),
+  "naive EMO (JAX)": ("jax", 5),
+  "fused CE (JAX)": ("jax", 3),
+  "fused EMO (JAX)": ("jax", 4),
+  "PyTorch CE": ("torch", 3),
+  "PyTorch official EMO": ("torch", 5),
 }
 
 
@@ -36,6 +36,7 @@ def _jax_worker(method, tokens, repeats, chunk_size):
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   from emo_jax import fused_losses, losses
 
   rng = np.random.default_rng(0)
@@ -52,13 +53,14 @@ def _jax_worker(method, tokens, repeats, chunk_size):
   else:
     # Labels and costs are jit arguments (closing over them would bake them in as constants).
     objectives = {
-        "naive CE (JAX)": lambda h, w, t, e: losses.masked_mean(
-            losses.cross_entropy(h @ w.T, t)),
-        "naive EMO (JAX)": lambda h, w, t, e: losses.masked_mean(losses.emo(h @ w.T, t, e)),
-        "fused CE (JAX)": lambda h, w, t, e: fused_losses.fused_cross_entropy(
-            h, w, t, chunk_size=chunk_size)[0],
-        "fused EMO (JAX)": lambda h, w, t, e: fused_losses.fused_emo(
-            h, w, t, e, chunk_size=chunk_size)[0],
+      "naive CE (JAX)": lambda h, w, t, e: losses.masked_mean(losses.cross_entropy(h @ w.T, t)),
+      "naive EMO (JAX)": lambda h, w, t, e: losses.masked_mean(losses.emo(h @ w.T, t, e)),
+      "fused CE (JAX)": lambda h, w, t, e: fused_losses.fused_cross_entropy(
+        h, w, t, chunk_size=chunk_size
+      )[0],
+      "fused EMO (JAX)": lambda h, w, t, e: fused_losses.fused_emo(
+        h, w, t, e, chunk_size=chunk_size
+      )[0],
     }
     fn = jax.jit(jax.value_and_grad(objectives[method], argnums=(0, 1)))
     run = lambda: jax.block_until_ready(fn(hidden, head, labels, cost))
@@ -74,13 +76,14 @@ def official_emo_loss(logits, labels, cost_embeddings):
   by the benchmarks; emo_jax's own losses are tested against a NumPy transcription instead.
   """
   import torch
+
   vocab = logits.shape[-1]
   ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
   one_hot = torch.nn.functional.one_hot(labels, num_classes=vocab).to(logits.dtype)
   stable_onehot = (one_hot + 1e-15) / torch.linalg.vector_norm(
-      one_hot + 1e-15, ord=1, dim=-1, keepdim=True)
-  unit = cost_embeddings / torch.linalg.vector_norm(cost_embeddings, ord=2, dim=1,
-                                                    keepdim=True)
+    one_hot + 1e-15, ord=1, dim=-1, keepdim=True
+  )
+  unit = cost_embeddings / torch.linalg.vector_norm(cost_embeddings, ord=2, dim=1, keepdim=True)
   target_repr = stable_onehot @ unit
   model_repr = torch.log_softmax(logits, dim=-1).exp() @ unit
   demd = 1 - torch.sum(target_repr * model_repr, dim=-1)
@@ -113,6 +116,7 @@ def _worker(args):
   framework, _ = METHODS[args.method]
   if framework == "torch":
     import torch
+
     torch.set_num_threads(os.cpu_count())
     seconds, baseline = _torch_worker(args.method, args.tokens, args.repeats)
   else:
@@ -124,8 +128,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--chunk-size", type=int, default=0,
-                      help="fused chunk size (default 0: emo_jax's default)")
+  parser.add_argument(
+    "--chunk-size", type=int, default=0, help="fused chunk size (default 0: emo_jax's default)"
+  )
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -138,17 +143,31 @@ def main():
   for tokens in args.tokens:
     for method in args.methods:
       result = benchmarking.run_worker(
-          __file__, ["--method", method, "--tokens", str(tokens), "--repeats",
-                     str(args.repeats), "--chunk-size", str(args.chunk_size)],
-          f"{method} N={tokens}")
+        __file__,
+        [
+          "--method",
+          method,
+          "--tokens",
+          str(tokens),
+          "--repeats",
+          str(args.repeats),
+          "--chunk-size",
+          str(args.chunk_size),
+        ],
+        f"{method} N={tokens}",
+      )
       if result is not None:
         results[method, tokens] = result
 
-  print(f"\nV = {VOCAB}, d = d_c = {WIDTH}, float32, {os.cpu_count()} CPU threads, "
-        f"median of {args.repeats} after warm-up, fused chunk "
-        f"{args.chunk_size or 'default (CE-type 512, EMO 341; balanced)'}.\n")
-  print("| method | N | time (s) | × fused CE | × naive CE | GFLOP/s | % ceiling "
-        "| peak RSS (GB) | Δ RSS (GB) | Δ / fused CE Δ |")
+  print(
+    f"\nV = {VOCAB}, d = d_c = {WIDTH}, float32, {os.cpu_count()} CPU threads, "
+    f"median of {args.repeats} after warm-up, fused chunk "
+    f"{args.chunk_size or 'default (CE-type 512, EMO 341; balanced)'}.\n"
+  )
+  print(
+    "| method | N | time (s) | × fused CE | × naive CE | GFLOP/s | % ceiling "
+    "| peak RSS (GB) | Δ RSS (GB) | Δ / fused CE Δ |"
+  )
   print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for tokens in args.tokens:
     ceiling = results.get(("matmul ceiling", tokens))
@@ -161,13 +180,17 @@ def main():
         continue
       gflops = METHODS[method][1] * 2 * tokens * VOCAB * WIDTH / r["seconds"] / 1e9
       increment = r["peak"] - r["baseline"]
-      ratio = lambda other, key: (f"{r[key] / other[key]:.2f}" if other else "–")
-      delta_ratio = (f"{increment / (fused_ce['peak'] - fused_ce['baseline']):.2f}"
-                     if fused_ce else "–")
+      ratio = lambda other, key, r=r: f"{r[key] / other[key]:.2f}" if other else "–"
+      delta_ratio = (
+        f"{increment / (fused_ce['peak'] - fused_ce['baseline']):.2f}" if fused_ce else "–"
+      )
       share = f"{100 * gflops / ceiling_gflops:.0f}%" if ceiling_gflops else "–"
-      print(f"| {method} | {tokens} | {r['seconds']:.2f} | {ratio(fused_ce, 'seconds')} "
-            f"| {ratio(naive_ce, 'seconds')} | {gflops:.0f} | {share} "
-            f"| {r['peak'] / 1e9:.2f} | {increment / 1e9:.2f} | {delta_ratio} |")
+      print(
+        f"| {method} | {tokens} | {r['seconds']:.2f} | {ratio(fused_ce, 'seconds')} "
+        f"| {ratio(naive_ce, 'seconds')} | {gflops:.0f} | {share} "
+        f"| {r['peak'] / 1e9:.2f} | {increment / 1e9:.2f} | {delta_ratio} |"
+      )
+
 
 if __name__ == "__main__":
   main()

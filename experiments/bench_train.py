@@ -21,17 +21,25 @@ import argparse
 import json
 import os
 
-import benchmarking
 from bench_loss import official_emo_loss
 
-METHODS = ("matmul ceiling", "emo_jax MLE (fused)", "emo_jax EMO (naive)",
-           "emo_jax EMO (fused)", "PyTorch HF CE", "PyTorch HF official EMO")
+import benchmarking
+
+METHODS = (
+  "matmul ceiling",
+  "emo_jax MLE (fused)",
+  "emo_jax EMO (naive)",
+  "emo_jax EMO (fused)",
+  "PyTorch HF CE",
+  "PyTorch HF official EMO",
+)
 
 
 def _architecture(model_name, length):
   """``(model, pretrained)``: a packaged model's architecture (its weights are loaded by the
   workers) or a GPT-2 preset with random weights."""
   from emo_jax import models
+
   if model_name in models.PACKAGED_MODELS:
     spec, config = models.pretrained_architecture(model_name)
     return models.build(spec.name, config), True
@@ -40,49 +48,75 @@ def _architecture(model_name, length):
 
 def _jax_worker(method, model_name, batch, length, repeats):
   import functools
+
   import jax
   import jax.numpy as jnp
   import ml_collections
   import numpy as np
   import optax
+
   from emo_jax import models, sharding, train
 
   model, pretrained = _architecture(model_name, length)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, model.vocab_size, (1, batch, length + 1)).astype(np.int32)
-  micro = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
-           "weights": np.ones((1, batch, length), np.float32)}
+  micro = {
+    "inputs": tokens[..., :-1],
+    "targets": tokens[..., 1:],
+    "weights": np.ones((1, batch, length), np.float32),
+  }
   if method == "matmul ceiling":
     hidden = jnp.asarray(rng.standard_normal((batch * length, model.hidden_size), np.float32))
     head = jnp.asarray(rng.standard_normal((model.vocab_size, model.hidden_size), np.float32))
     jax.block_until_ready((hidden, head))
     baseline = benchmarking.rss_bytes()
     matmul = jax.jit(lambda h, w: h @ w.T)
-    seconds = benchmarking.median_seconds(lambda: matmul(hidden, head).block_until_ready(),
-                                          repeats)
+    seconds = benchmarking.median_seconds(lambda: matmul(hidden, head).block_until_ready(), repeats)
     return seconds, baseline
 
   loss_name = "mle" if "MLE" in method else "emo"
-  loss_config = ml_collections.ConfigDict(dict(
-      name=loss_name, weighting="mle", max_weight=None, detach_target_prob=False,
-      mixing_ratio=0.5, gamma=0.5, fused="fused" in method, chunk_size=None))
+  loss_config = ml_collections.ConfigDict(
+    dict(
+      name=loss_name,
+      weighting="mle",
+      max_weight=None,
+      detach_target_prob=False,
+      mixing_ratio=0.5,
+      gamma=0.5,
+      fused="fused" in method,
+      chunk_size=None,
+    )
+  )
   optimizer = optax.adamw(1e-4)
   mesh = sharding.make_mesh(1, 1)
   state, shardings = train.create_train_state(
-      model, optimizer, mesh, jax.random.key(0), length,
-      use_cost_placeholder=loss_name == "emo", cost_dim=model.hidden_size)
+    model,
+    optimizer,
+    mesh,
+    jax.random.key(0),
+    length,
+    use_cost_placeholder=loss_name == "emo",
+    cost_dim=model.hidden_size,
+  )
   if pretrained:  # The real weights, and the optimizer state for them.
     _, params = models.from_pretrained(model_name)
-    state = state.replace(params=jax.device_put(params, shardings.params),
-                          opt_state=optimizer.init(params))
+    state = state.replace(
+      params=jax.device_put(params, shardings.params), opt_state=optimizer.init(params)
+    )
   if loss_name == "emo":
     head = models.output_embeddings(model, state.params)
-    state = state.replace(cost={"embeddings": head / jnp.linalg.norm(head, axis=-1,
-                                                                     keepdims=True)})
-  step = jax.jit(functools.partial(
-      train.train_step, model=model, optimizer=optimizer,
-      objective=train.make_objective(loss_config), skip_nonfinite=False, use_dropout=False),
-      donate_argnums=(0,))
+    state = state.replace(cost={"embeddings": head / jnp.linalg.norm(head, axis=-1, keepdims=True)})
+  step = jax.jit(
+    functools.partial(
+      train.train_step,
+      model=model,
+      optimizer=optimizer,
+      objective=train.make_objective(loss_config),
+      skip_nonfinite=False,
+      use_dropout=False,
+    ),
+    donate_argnums=(0,),
+  )
   batch_arrays = jax.device_put(micro)
   jax.block_until_ready((state, batch_arrays))
   baseline = benchmarking.rss_bytes()
@@ -98,18 +132,28 @@ def _jax_worker(method, model_name, batch, length, repeats):
 def _torch_model(model_name, length):
   import torch
   import transformers
+
   from emo_jax import models
 
   torch.manual_seed(0)
   if model_name in models.PACKAGED_MODELS:  # transformers reads the same GGUF file.
     path = models.resolve_source(model_name)
     return transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    )
   ours = _architecture(model_name, length)[0].config
-  return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=ours.vocab_size, n_positions=ours.n_positions, n_embd=ours.n_embd,
-      n_layer=ours.n_layer, n_head=ours.n_head, embd_pdrop=0.0, attn_pdrop=0.0,
-      resid_pdrop=0.0))
+  return transformers.GPT2LMHeadModel(
+    transformers.GPT2Config(
+      vocab_size=ours.vocab_size,
+      n_positions=ours.n_positions,
+      n_embd=ours.n_embd,
+      n_layer=ours.n_layer,
+      n_head=ours.n_head,
+      embd_pdrop=0.0,
+      attn_pdrop=0.0,
+      resid_pdrop=0.0,
+    )
+  )
 
 
 def _torch_worker(method, model_name, batch, length, repeats):
@@ -146,21 +190,29 @@ def _flops_per_step(method, model_name, batch, length):
   import jax
   import jax.numpy as jnp
   from flax import traverse_util
+
   model, _ = _architecture(model_name, length)
   tokens = batch * length
   vocab, width = model.vocab_size, model.hidden_size
   if method == "matmul ceiling":
     return 2 * tokens * vocab * width
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-  sizes = {path: leaf.size for path, leaf in traverse_util.flatten_dict(
-      nn.meta.unbox(shapes["params"])).items()}
-  embedding_tables = sum(size for path, size in sizes.items() if path[-2:] in (
-      ("wte", "embedding"), ("wpe", "embedding"), ("embed_tokens", "embedding")))
+  sizes = {
+    path: leaf.size
+    for path, leaf in traverse_util.flatten_dict(nn.meta.unbox(shapes["params"])).items()
+  }
+  embedding_tables = sum(
+    size
+    for path, size in sizes.items()
+    if path[-2:] in (("wte", "embedding"), ("wpe", "embedding"), ("embed_tokens", "embedding"))
+  )
   matmul_params = sum(sizes.values()) - embedding_tables + vocab * width  # + the head.
-  layers = sum(1 for path in sizes if path[-2:] in (("c_attn", "kernel"),
-                                                    ("q_proj", "kernel")))
-  heads_width = width if model.family == "gpt2" else (model.config.num_attention_heads
-                                                      * model.config.head_width)
+  layers = sum(1 for path in sizes if path[-2:] in (("c_attn", "kernel"), ("q_proj", "kernel")))
+  heads_width = (
+    width
+    if model.family == "gpt2"
+    else (model.config.num_attention_heads * model.config.head_width)
+  )
   attention = 12 * layers * length * heads_width  # QKᵀ and AV, fwd + bwd, not discounted.
   flops = tokens * (6 * matmul_params + attention)
   if "EMO" in method:
@@ -171,23 +223,30 @@ def _flops_per_step(method, model_name, batch, length):
 def _worker(args):
   if args.method.startswith("PyTorch"):
     import torch
+
     torch.set_num_threads(os.cpu_count())
-    seconds, baseline = _torch_worker(args.method, args.model, args.batch, args.length,
-                                      args.repeats)
+    seconds, baseline = _torch_worker(
+      args.method, args.model, args.batch, args.length, args.repeats
+    )
   else:
-    seconds, baseline = _jax_worker(args.method, args.model, args.batch, args.length,
-                                    args.repeats)
+    seconds, baseline = _jax_worker(args.method, args.model, args.batch, args.length, args.repeats)
   flops = _flops_per_step(args.method, args.model, args.batch, args.length)
-  print(json.dumps(dict(seconds=seconds, baseline=baseline, peak=benchmarking.peak_rss_bytes(),
-                        flops=flops)))
+  print(
+    json.dumps(
+      dict(seconds=seconds, baseline=baseline, peak=benchmarking.peak_rss_bytes(), flops=flops)
+    )
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default="gpt2",
-                      help="a GPT-2 preset with random weights (gpt2 = 124M, tiny) or a "
-                           "packaged pretrained model (smollm2-135m: real weights, both sides "
-                           "loaded from its GGUF)")
+  parser.add_argument(
+    "--model",
+    default="gpt2",
+    help="a GPT-2 preset with random weights (gpt2 = 124M, tiny) or a "
+    "packaged pretrained model (smollm2-135m: real weights, both sides "
+    "loaded from its GGUF)",
+  )
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--length", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=3)
@@ -201,16 +260,33 @@ def main():
   results = {}
   for method in args.methods:
     result = benchmarking.run_worker(
-        __file__, ["--method", method, "--model", args.model, "--batch", str(args.batch),
-                   "--length", str(args.length), "--repeats", str(args.repeats)], method)
+      __file__,
+      [
+        "--method",
+        method,
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--length",
+        str(args.length),
+        "--repeats",
+        str(args.repeats),
+      ],
+      method,
+    )
     if result is not None:
       results[method] = result
 
   tokens = args.batch * args.length
-  print(f"\nModel {args.model!r}, batch {args.batch} x {args.length} tokens, float32, "
-        f"{os.cpu_count()} CPU threads, median of {args.repeats} steps after a warm-up step.\n")
-  print("| method | step (s) | tokens/s | × emo_jax MLE time | × PyTorch EMO tokens/s "
-        "| GFLOP/s | % ceiling | peak RSS (GB) | Δ RSS (GB) |")
+  print(
+    f"\nModel {args.model!r}, batch {args.batch} x {args.length} tokens, float32, "
+    f"{os.cpu_count()} CPU threads, median of {args.repeats} steps after a warm-up step.\n"
+  )
+  print(
+    "| method | step (s) | tokens/s | × emo_jax MLE time | × PyTorch EMO tokens/s "
+    "| GFLOP/s | % ceiling | peak RSS (GB) | Δ RSS (GB) |"
+  )
   print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   ceiling = results.get("matmul ceiling")
   ceiling_gflops = ceiling["flops"] / ceiling["seconds"] / 1e9 if ceiling else None
@@ -229,8 +305,11 @@ def main():
       if torch_emo:
         cells[2] = f"{torch_emo['seconds'] / r['seconds']:.2f}"
     share = f"{100 * gflops / ceiling_gflops:.0f}%" if ceiling_gflops else "–"
-    print(f"| {method} | {r['seconds']:.2f} | {' | '.join(cells)} | {gflops:.0f} | {share} "
-          f"| {r['peak'] / 1e9:.2f} | {(r['peak'] - r['baseline']) / 1e9:.2f} |")
+    print(
+      f"| {method} | {r['seconds']:.2f} | {' | '.join(cells)} | {gflops:.0f} | {share} "
+      f"| {r['peak'] / 1e9:.2f} | {(r['peak'] - r['baseline']) / 1e9:.2f} |"
+    )
+
 
 if __name__ == "__main__":
   main()

@@ -40,8 +40,9 @@ def median_seconds(fn, repeats: int) -> float:
 def run_worker(script: str, worker_args: list[str], label: str) -> dict | None:
   """Runs ``script --worker *worker_args`` in a fresh process; its last stdout line (JSON),
   or None after printing the worker's error."""
-  out = subprocess.run([sys.executable, script, "--worker", *worker_args],
-                       capture_output=True, text=True, check=False)
+  out = subprocess.run(
+    [sys.executable, script, "--worker", *worker_args], capture_output=True, text=True, check=False
+  )
   if out.returncode != 0:
     print(f"{label} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
     return None

@@ -24,9 +24,11 @@ import study  # The study's corpora and layout (this script's folder is on sys.p
 
 sys.path.insert(0, study.REPO)
 
-from configs import study_finetune  # pylint: disable=g-import-not-at-top,wrong-import-position
-from emo_jax import corpora, input_pipeline, losses, models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from emo_jax.tokenizer import tokenizer_for_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import study_finetune
+from emo_jax import data as data_lib
+from emo_jax import losses, models
+from emo_jax.data import input_pipeline
+from emo_jax.data.tokenizer import tokenizer_for_model
 
 
 def cost_terms(model, params, blocks) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -38,16 +40,20 @@ def cost_terms(model, params, blocks) -> tuple[jax.Array, jax.Array, jax.Array]:
   mean_unit = jnp.mean(unit, axis=0)  # [d]
   logits = model.apply({"params": params}, blocks[:, :-1])  # [B, L, V]
   targets = blocks[:, 1:]  # [B, L]
-  return (jnp.mean(losses.cross_entropy(logits, targets)),
-          jnp.mean(losses.demd(logits, targets, head)),
-          jnp.mean(1.0 - unit[targets] @ mean_unit))
+  return (
+    jnp.mean(losses.cross_entropy(logits, targets)),
+    jnp.mean(losses.demd(logits, targets, head)),
+    jnp.mean(1.0 - unit[targets] @ mean_unit),
+  )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--base", default=os.path.join(study.REPO, "workdirs", "study", "base",
-                                                     "hf_export"),
-                      help="any model source: an HF directory, a .gguf, 'smollm2-135m'")
+  parser.add_argument(
+    "--base",
+    default=os.path.join(study.REPO, "workdirs", "study", "base", "hf_export"),
+    help="any model source: an HF directory, a .gguf, 'smollm2-135m'",
+  )
   parser.add_argument("--blocks", type=int, default=32, help="random training blocks a corpus")
   args = parser.parse_args(argv)
   model, params = models.from_pretrained(args.base)
@@ -59,8 +65,9 @@ def main(argv=None):
   for corpus in study.CORPORA:
     config = study_finetune.get_config()
     config.data.corpus = corpus
-    blocks = input_pipeline.tokenize_and_pack(corpora.read_split(config.data, "train"),
-                                              tokenizer, config.data.block_size, name=corpus)
+    blocks = input_pipeline.tokenize_and_pack(
+      data_lib.read_split(config.data, "train"), tokenizer, config.data.block_size, name=corpus
+    )
     chosen = np.random.default_rng(0).choice(len(blocks), args.blocks, replace=False)
     ce, demd, uniform = terms(params, jnp.asarray(blocks[np.sort(chosen)]))
     print(f"| {corpus} | {ce:.2f} | {demd:.3f} | {uniform:.3f} | {np.log(model.vocab_size):.2f} |")

@@ -22,10 +22,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emo_jax import checkpointing  # pylint: disable=wrong-import-position
-from emo_jax import fewshot  # pylint: disable=wrong-import-position
-from emo_jax import models  # pylint: disable=wrong-import-position
-from emo_jax import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
+from emo_jax import checkpointing, fewshot, models
+from emo_jax.data import tokenizer as tokenizer_lib
 
 
 def parse_model(spec: str) -> tuple[str, str]:
@@ -37,8 +35,10 @@ def parse_model(spec: str) -> tuple[str, str]:
 
 def table(results: dict, baseline: str) -> str:
   tasks = sorted({task for model in results.values() for task in model["tasks"]})
-  lines = ["| model | " + " | ".join(f"{t} acc. [95% CI] | vs {baseline} (p)" for t in tasks)
-           + " |", "|---|" + "---|---|" * len(tasks)]
+  lines = [
+    "| model | " + " | ".join(f"{t} acc. [95% CI] | vs {baseline} (p)" for t in tasks) + " |",
+    "|---|" + "---|---|" * len(tasks),
+  ]
   for name, model in results.items():
     cells = []
     for task in tasks:
@@ -55,8 +55,13 @@ def table(results: dict, baseline: str) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", type=parse_model, action="append", required=True,
-                      help="NAME=SOURCE (repeatable); the first is the paired tests' baseline")
+  parser.add_argument(
+    "--model",
+    type=parse_model,
+    action="append",
+    required=True,
+    help="NAME=SOURCE (repeatable); the first is the paired tests' baseline",
+  )
   parser.add_argument("--tasks", default="ag_news,sst2")
   parser.add_argument("--k", type=int, default=8, help="demonstrations per prompt")
   parser.add_argument("--demonstration_seed", type=int, default=0)
@@ -74,28 +79,38 @@ def main(argv=None):
     with open(args.out) as f:
       results = json.load(f)
   # What makes a stored score reusable: a model scored under other settings is rescored.
-  settings = {"k": args.k, "demonstration_seed": args.demonstration_seed,
-              "max_queries": args.max_queries}
+  settings = {
+    "k": args.k,
+    "demonstration_seed": args.demonstration_seed,
+    "max_queries": args.max_queries,
+  }
   data = {}  # Each task's prompts, read once for all models.
   for name, source in args.model:
     stored = results.get(name, {})
-    if (stored.get("source") == source and stored.get("settings") == settings
-        and set(tasks) <= set(stored.get("tasks", {}))):
+    if (
+      stored.get("source") == source
+      and stored.get("settings") == settings
+      and set(tasks) <= set(stored.get("tasks", {}))
+    ):
       continue
     model, params = models.from_pretrained(source)
     tokenizer = tokenizer_lib.tokenizer_for_model(source)
     entry = {"source": source, "settings": settings, "tasks": {}, "seconds": {}}
     for task in tasks:
       if task not in data:
-        data[task] = fewshot.load_task(task, k=args.k,
-                                       demonstration_seed=args.demonstration_seed,
-                                       max_queries=args.max_queries)
+        data[task] = fewshot.load_task(
+          task, k=args.k, demonstration_seed=args.demonstration_seed, max_queries=args.max_queries
+        )
       start = time.time()
-      entry["tasks"][task] = fewshot.evaluate_task(model, params, tokenizer, data[task],
-                                                   batch_size=args.batch_size)
+      entry["tasks"][task] = fewshot.evaluate_task(
+        model, params, tokenizer, data[task], batch_size=args.batch_size
+      )
       entry["seconds"][task] = time.time() - start
-      print(f"{name} {task}: accuracy {entry['tasks'][task]['accuracy']:.3f} "
-            f"({entry['seconds'][task]:.0f} s)", flush=True)
+      print(
+        f"{name} {task}: accuracy {entry['tasks'][task]['accuracy']:.3f} "
+        f"({entry['seconds'][task]:.0f} s)",
+        flush=True,
+      )
     results[name] = entry
     checkpointing.write_json_atomically(args.out, results)
   print(table({name: results[name] for name, _ in args.model}, args.model[0][0]))

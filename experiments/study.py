@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shlex
@@ -37,11 +38,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPORA = ("wikitext2_raw_carved", "ag_news", "tiny_shakespeare")
 # Objective name -> its loss overrides. Everything else is identical across objectives.
 OBJECTIVES = {
-    "mle": ["--config.loss.name=mle"],
-    "emo": ["--config.loss.name=emo", "--config.loss.weighting=mle"],
-    "emo_demd": ["--config.loss.name=emo", "--config.loss.weighting=demd"],
-    "tailr": ["--config.loss.name=tailr"],
-    "mixce": ["--config.loss.name=mixce"],
+  "mle": ["--config.loss.name=mle"],
+  "emo": ["--config.loss.name=emo", "--config.loss.weighting=mle"],
+  "emo_demd": ["--config.loss.name=emo", "--config.loss.weighting=demd"],
+  "tailr": ["--config.loss.name=tailr"],
+  "mixce": ["--config.loss.name=mixce"],
 }
 SEEDS = (0, 1, 2)
 # timings.jsonl records written before the driver logged cores ran unpinned on the 2-core
@@ -49,16 +50,17 @@ SEEDS = (0, 1, 2)
 UNRECORDED_CORES = 2
 # Metric name in the report -> (path into eval.json, higher is better).
 METRICS = {
-    "perplexity": (("perplexity",), False),
-    "MAUVE": (("mauve", "mean"), True),
-    "ROUGE-L": (("rouge", "rougeL"), True),
-    "rep-2": (("repetition", "rep-2", "model"), False),
+  "perplexity": (("perplexity",), False),
+  "MAUVE": (("mauve", "mean"), True),
+  "ROUGE-L": (("rouge", "rougeL"), True),
+  "rep-2": (("repetition", "rep-2", "model"), False),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
   """Where a study's fine-tuning starts and with which config."""
+
   finetune_config: str
   base_config: str | None  # Pretrained here by the "base" stage; None: a ready-made base.
   pretrained: str | None  # The ready-made base (any model source) when base_config is None.
@@ -66,10 +68,10 @@ class Setting:
 
 
 SETTINGS = {
-    # Issue #8: a 16M GPT-2 pretrained here, then fine-tuned (experiments/RESULTS.md).
-    "cpu": Setting("study_finetune.py", "study_base.py", None, "study"),
-    # Issue #17: the packaged SmolLM2-135M, the paper's continual fine-tuning setting.
-    "smollm2": Setting("smollm2_study.py", None, "smollm2-135m", "study_smollm2"),
+  # Issue #8: a 16M GPT-2 pretrained here, then fine-tuned (experiments/RESULTS.md).
+  "cpu": Setting("study_finetune.py", "study_base.py", None, "study"),
+  # Issue #17: the packaged SmolLM2-135M, the paper's continual fine-tuning setting.
+  "smollm2": Setting("smollm2_study.py", None, "smollm2-135m", "study_smollm2"),
 }
 
 
@@ -79,16 +81,24 @@ def base_model(setting: Setting, root: str) -> str:
 
 
 def _main_py(config, workdir, *overrides):
-  return [sys.executable, os.path.join(REPO, "main.py"), "--config",
-          os.path.join(REPO, "configs", config), "--workdir", workdir, *overrides]
+  return [
+    sys.executable,
+    os.path.join(REPO, "main.py"),
+    "--config",
+    os.path.join(REPO, "configs", config),
+    "--workdir",
+    workdir,
+    *overrides,
+  ]
 
 
 def run_dir(root, corpus, objective, seed):
   return os.path.join(root, corpus, objective, f"seed{seed}")
 
 
-def stage_commands(stage, root, corpora=CORPORA, objectives=tuple(OBJECTIVES), seeds=SEEDS,
-                   extra=(), setting="cpu"):
+def stage_commands(
+  stage, root, corpora=CORPORA, objectives=tuple(OBJECTIVES), seeds=SEEDS, extra=(), setting="cpu"
+):
   """``[(command, done_marker)]`` of one stage of study ``setting`` (:data:`SETTINGS`)."""
   spec = SETTINGS[setting]
   base = os.path.join(root, "base")
@@ -101,15 +111,26 @@ def stage_commands(stage, root, corpora=CORPORA, objectives=tuple(OBJECTIVES), s
     for objective in objectives:
       for seed in seeds:
         workdir = run_dir(root, corpus, objective, seed)
-        common = [f"--config.model.pretrained={base_model(spec, root)}",
-                  f"--config.data.corpus={corpus}", f"--config.seed={seed}",
-                  *OBJECTIVES[objective]]
+        common = [
+          f"--config.model.pretrained={base_model(spec, root)}",
+          f"--config.data.corpus={corpus}",
+          f"--config.seed={seed}",
+          *OBJECTIVES[objective],
+        ]
         if stage == "finetune":
-          out.append((_main_py(spec.finetune_config, workdir, *common, *extra),
-                      os.path.join(workdir, "results.json")))
+          out.append(
+            (
+              _main_py(spec.finetune_config, workdir, *common, *extra),
+              os.path.join(workdir, "results.json"),
+            )
+          )
         elif stage == "eval":
-          out.append((_main_py(spec.finetune_config, workdir, "--mode", "eval", *common,
-                               *extra), os.path.join(workdir, "eval.json")))
+          out.append(
+            (
+              _main_py(spec.finetune_config, workdir, "--mode", "eval", *common, *extra),
+              os.path.join(workdir, "eval.json"),
+            )
+          )
         else:
           raise ValueError(f"unknown stage {stage!r}: base, finetune or eval.")
   return out
@@ -119,8 +140,12 @@ def record_timing(root, marker, seconds, **extra):
   """Appends one command's wall-clock to ``<root>/timings.jsonl`` (read by ``read_timings``),
   with the CPU cores it could use and ``extra`` fields (``study_gpu.py``: the device)."""
   with open(os.path.join(root, "timings.jsonl"), "a") as f:
-    f.write(json.dumps({"marker": marker, "seconds": seconds,
-                        "cores": len(os.sched_getaffinity(0)), **extra}) + "\n")
+    f.write(
+      json.dumps(
+        {"marker": marker, "seconds": seconds, "cores": len(os.sched_getaffinity(0)), **extra}
+      )
+      + "\n"
+    )
 
 
 def run_stage(commands, root):
@@ -131,7 +156,13 @@ def run_stage(commands, root):
       continue
     print(shlex.join(command), flush=True)
     start = time.time()
-    subprocess.run(command, check=True)  # A preempted training run exits non-zero.
+    try:
+      subprocess.run(command, check=True)  # A preempted training run exits non-zero.
+    except BaseException:
+      # Interrupted (SIGTERM, Ctrl-C, a crash): its time still counts towards the point,
+      # which the next invocation resumes (read_timings adds the two).
+      record_timing(root, done, time.time() - start, finished=False)
+      raise
     if not os.path.exists(done):
       raise RuntimeError(f"{shlex.join(command)} exited 0 but did not write {done}.")
     record_timing(root, done, time.time() - start)
@@ -171,7 +202,8 @@ def collect(root, corpora=CORPORA, objectives=tuple(OBJECTIVES), seeds=SEEDS):
 def paired_p_value(values, baseline):
   """Two-sided paired t-test over seeds; None with fewer than 2 pairs or no difference at
   all, 0.0 when every pair differs by the same non-zero amount (t is infinite)."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from scipy import stats
+
   if len(values) != len(baseline) or len(values) < 2:
     return None
   differences = np.asarray(values, np.float64) - np.asarray(baseline, np.float64)
@@ -197,9 +229,12 @@ def format_p_value(p_value: float) -> str:
 def markdown_report(table, baseline="mle") -> str:
   lines = []
   for corpus, objectives in table.items():
-    lines += [f"### {corpus}", "",
-              "| objective | seeds | " + " | ".join(METRICS) + " |",
-              "|---|---:|" + "---:|" * len(METRICS)]
+    lines += [
+      f"### {corpus}",
+      "",
+      "| objective | seeds | " + " | ".join(METRICS) + " |",
+      "|---|---:|" + "---:|" * len(METRICS),
+    ]
     reference = objectives.get(baseline)
     for objective, values in objectives.items():
       cells = []
@@ -212,11 +247,14 @@ def markdown_report(table, baseline="mle") -> str:
         if reference is not None and objective != baseline:
           # Pair runs by seed: only seeds both objectives finished.
           common = [s for s in values["seeds"] if s in reference["seeds"]]
-          pick = lambda run: [run[metric][run["seeds"].index(s)] for s in common]
+          pick = lambda run, metric=metric, common=common: [
+            run[metric][run["seeds"].index(s)] for s in common
+          ]
           p_value = paired_p_value(pick(values), pick(reference))
           outcome = verdict(pick(values), pick(reference), higher)
-          cell += f" ({outcome}, {format_p_value(p_value)})" if p_value is not None else (
-              f" ({outcome})")
+          cell += (
+            f" ({outcome}, {format_p_value(p_value)})" if p_value is not None else (f" ({outcome})")
+          )
         cells.append(cell)
       lines.append(f"| {objective} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -225,7 +263,8 @@ def markdown_report(table, baseline="mle") -> str:
 
 def _run_metrics(root, corpus, objective, seeds):
   """Each finished seed's ``metrics.jsonl`` records (runs without a log are skipped)."""
-  from emo_jax import run_logging  # pylint: disable=g-import-not-at-top
+  from emo_jax import run_logging
+
   for seed in seeds:
     workdir = run_dir(root, corpus, objective, seed)
     if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
@@ -249,9 +288,8 @@ def step_seconds(root, corpus, objective, seeds=SEEDS):
   seconds = []
   for records in _run_metrics(root, corpus, objective, seeds):
     eval_steps = [r["step"] for r in records if "eval/perplexity" in r]
-    logged = [(r["step"], r["train/step_seconds"]) for r in records
-              if "train/step_seconds" in r]
-    for (previous, _), (step, value) in zip(logged, logged[1:]):
+    logged = [(r["step"], r["train/step_seconds"]) for r in records if "train/step_seconds" in r]
+    for (previous, _), (step, value) in itertools.pairwise(logged):
       if not any(previous <= e < step for e in eval_steps):
         seconds.append(value)
   return float(np.median(seconds)) if seconds else None
@@ -261,18 +299,24 @@ def read_timings(root):
   """``{(stage, corpus, objective, cores): {seed: seconds}}`` from ``timings.jsonl``.
 
   ``cores`` is how many CPU cores the command could use (``taskset`` narrows it; records
-  written before it was logged ran unpinned on the 2-core study machine). A resumed command
-  counts only its last invocation. The base model's key is ``("base", "", "", cores)``.
+  written before it was logged ran unpinned on the 2-core study machine). A command that was
+  interrupted and resumed counts every invocation since the marker's previous finished
+  record (a command rerun after its marker was deleted counts from scratch). The base
+  model's key is ``("base", "", "", cores)``.
   """
   timings = {}
   path = os.path.join(root, "timings.jsonl")
   if not os.path.exists(path):
     return timings
-  latest = {}  # A command rerun after its marker was deleted: its latest record only.
+  latest, pending = {}, {}  # marker -> its last finished record; unfinished seconds since.
   with open(path) as f:
     for line in f:
       record = json.loads(line)
-      latest[record["marker"]] = record
+      marker = record["marker"]
+      if record.get("finished", True):
+        latest[marker] = {**record, "seconds": pending.pop(marker, 0.0) + record["seconds"]}
+      else:
+        pending[marker] = pending.get(marker, 0.0) + record["seconds"]
   for record in latest.values():
     marker = os.path.relpath(record["marker"], root).split(os.sep)
     cores = record.get("cores", UNRECORDED_CORES)
@@ -304,9 +348,10 @@ def timings_report(root, table) -> str:
   timings = read_timings(root)
   devices = recorded_devices(root)
   lines = [f"Device: {', '.join(devices)} (`cores`: the host's CPU cores).", ""] if devices else []
-  lines += ["| stage | corpus | objective | cores | runs | minutes per run | "
-           "s per optimizer step |",
-           "|---|---|---|---:|---:|---:|---:|"]
+  lines += [
+    ("| stage | corpus | objective | cores | runs | minutes per run | s per optimizer step |"),
+    "|---|---|---|---:|---:|---:|---:|",
+  ]
   for (stage, _, _, cores), runs in sorted(timings.items()):
     if stage == "base":
       minutes = sum(runs.values()) / 60
@@ -316,20 +361,26 @@ def timings_report(root, table) -> str:
       for stage in ("finetune", "eval"):
         for cores in sorted({k[3] for k in timings if k[:3] == (stage, corpus, objective)}):
           runs = timings[(stage, corpus, objective, cores)]
-          per_step = (step_seconds(root, corpus, objective, seeds=sorted(runs))
-                      if stage == "finetune" else None)
-          lines.append(f"| {stage} | {corpus} | {objective} | {cores} | {len(runs)} | "
-                       f"{np.mean(list(runs.values())) / 60:.1f} | "
-                       + (f"{per_step:.2f} |" if per_step is not None else "|"))
+          per_step = (
+            step_seconds(root, corpus, objective, seeds=sorted(runs))
+            if stage == "finetune"
+            else None
+          )
+          lines.append(
+            f"| {stage} | {corpus} | {objective} | {cores} | {len(runs)} | "
+            f"{np.mean(list(runs.values())) / 60:.1f} | "
+            + (f"{per_step:.2f} |" if per_step is not None else "|")
+          )
   return "\n".join(lines)
 
 
 def plot_corpus(root, corpus, objectives, out_dir) -> str:
   """One PNG per corpus: MAUVE per objective (mean, std error bar, one dot per seed) and the
   validation perplexity curves (mean over seeds, min-max band)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
+
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
   names = list(objectives)
@@ -342,9 +393,13 @@ def plot_corpus(root, corpus, objectives, out_dir) -> str:
       steps = list(steps_to_values)
       mean = [np.mean(v) for v in steps_to_values.values()]
       curves.plot(steps, mean, marker="o", color=f"C{i}", label=name)
-      curves.fill_between(steps, [min(v) for v in steps_to_values.values()],
-                          [max(v) for v in steps_to_values.values()], color=f"C{i}",
-                          alpha=0.15)
+      curves.fill_between(
+        steps,
+        [min(v) for v in steps_to_values.values()],
+        [max(v) for v in steps_to_values.values()],
+        color=f"C{i}",
+        alpha=0.15,
+      )
   bars.set_xticks(range(len(names)), names)
   bars.set_ylabel("MAUVE (mean ± std over seeds)")
   bars.set_title(f"{corpus}: MAUVE")
@@ -381,13 +436,15 @@ def update_between_markers(path, text, section="study"):
     f.write(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
 
 
-def full_report(root, table, figures_dir=None, relative_to=None,
-                full_grid=len(CORPORA) * len(OBJECTIVES) * len(SEEDS)) -> str:
+FULL_GRID = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
+
+
+def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_GRID) -> str:
   """Tables, figure links and timings: what ``report`` prints or writes into RESULTS.md."""
-  finished = sum(len(values["seeds"]) for objectives in table.values()
-                 for values in objectives.values())
-  parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", "",
-           markdown_report(table)]
+  finished = sum(
+    len(values["seeds"]) for objectives in table.values() for values in objectives.values()
+  )
+  parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", "", markdown_report(table)]
   if figures_dir:
     for corpus, objectives in table.items():
       path = plot_corpus(root, corpus, objectives, figures_dir)
@@ -401,31 +458,50 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("action", choices=["commands", "run", "report"])
   parser.add_argument("stage", nargs="?", choices=["base", "finetune", "eval"])
-  parser.add_argument("--setting", default="cpu", choices=sorted(SETTINGS),
-                      help="cpu: the 16M base pretrained here (issue #8); smollm2: the "
-                      "packaged SmolLM2-135M (issue #17)")
+  parser.add_argument(
+    "--setting",
+    default="cpu",
+    choices=sorted(SETTINGS),
+    help="cpu: the 16M base pretrained here (issue #8); smollm2: the "
+    "packaged SmolLM2-135M (issue #17)",
+  )
   parser.add_argument("--root", help="default: workdirs/<the setting's folder>")
   parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
-  parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES),
-                      choices=list(OBJECTIVES))
+  parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
   parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
   parser.add_argument("--figures", help="report: write one PNG per corpus into this folder")
-  parser.add_argument("--update", help="report: write into this file between the markers "
-                      f"{BEGIN} and {END} instead of printing")
-  parser.add_argument("--section", default="study", help="report: the markers' name, e.g. "
-                      "study_gpu for <!-- study_gpu:begin --> ... <!-- study_gpu:end -->")
+  parser.add_argument(
+    "--update",
+    help=f"report: write into this file between the markers {BEGIN} and {END} instead of printing",
+  )
+  parser.add_argument(
+    "--section",
+    default="study",
+    help="report: the markers' name, e.g. "
+    "study_gpu for <!-- study_gpu:begin --> ... <!-- study_gpu:end -->",
+  )
   argv = sys.argv[1:] if argv is None else list(argv)
   # Everything after "--" goes to main.py (argparse cannot take it after the grid options).
-  extra = argv[argv.index("--") + 1:] if "--" in argv else []
-  args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+  extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+  args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
   args.root = args.root or os.path.join(REPO, "workdirs", SETTINGS[args.setting].default_root)
-  grid = dict(corpora=args.corpora, objectives=args.objectives, seeds=args.seeds,
-              extra=extra, setting=args.setting)
+  grid = dict(
+    corpora=args.corpora,
+    objectives=args.objectives,
+    seeds=args.seeds,
+    extra=extra,
+    setting=args.setting,
+  )
   if args.action == "report":
     table = collect(args.root, args.corpora, args.objectives, args.seeds)
     relative_to = os.path.dirname(os.path.abspath(args.update)) if args.update else None
-    text = full_report(args.root, table, args.figures, relative_to,
-                       full_grid=len(args.corpora) * len(args.objectives) * len(args.seeds))
+    text = full_report(
+      args.root,
+      table,
+      args.figures,
+      relative_to,
+      full_grid=len(args.corpora) * len(args.objectives) * len(args.seeds),
+    )
     if args.update:
       update_between_markers(args.update, text, args.section)
     else:
@@ -436,10 +512,12 @@ def main(argv=None):
   else:
     # Everything: the base, then each grid point fine-tuned and at once evaluated, so an
     # interrupted study leaves finished, reportable points rather than unevaluated runs.
-    points = zip(stage_commands("finetune", args.root, **grid),
-                 stage_commands("eval", args.root, **grid))
+    points = zip(
+      stage_commands("finetune", args.root, **grid), stage_commands("eval", args.root, **grid)
+    )
     commands = stage_commands("base", args.root, extra=extra, setting=args.setting) + [
-        command for point in points for command in point]
+      command for point in points for command in point
+    ]
   if args.action == "commands":
     for command, _ in commands:
       print(shlex.join(command))

@@ -30,47 +30,39 @@ accelerator time).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
-import logging
 import os
 import shutil
 import sys
 import tarfile
 import time
 
-from absl import flags
 import ml_collections
+from absl import flags
 from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]
 
-import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+import study
 
 CORPUS = "wikitext2_raw_carved"
-# Tiny sizes for --smoke: every code path (pretraining, HF export, loading it, each
-# objective, best checkpoint, perplexity, generation), nothing at full size; the base reads
-# Tiny Shakespeare (0.3M tokens) because tokenizing WikiText-2 + PTB (3.9M) would be most of it.
-SMOKE_BASE = ["--config.model.preset=tiny", "--config.data.corpus=tiny_shakespeare",
-              "--config.train.num_epochs=0",
-              "--config.train.num_steps=4", "--config.optim.warmup_steps=1",
-              "--config.train.eval_every=2", "--config.data.max_eval_blocks=4",
-              "--config.train.num_samples=0"]
-SMOKE_FINETUNE = ["--config.train.num_steps=4", "--config.train.eval_every=2",
-                  "--config.data.max_eval_blocks=4", "--config.eval.max_blocks=4",
-                  "--config.eval.num_prompts=8", "--config.eval.batch_size=8",
-                  "--config.eval.max_new_tokens=8"]
+# --smoke: the configs' smoke variant (configs/default.py: every code path, nothing at full
+# size), the base reading Tiny Shakespeare (0.3M tokens) because tokenizing WikiText-2 + PTB
+# (3.9M) would be most of it.
+SMOKE_BASE = ["--config.data.corpus=tiny_shakespeare", "--config.train.num_samples=0"]
 # Never packed: model weights (GBs at this size); each run's metrics and text are what matter.
 UNPACKED = {"checkpoints", "best", "hf_export", "tensorboard", "jax_cache"}
 
 
-def make_config(name, overrides):
-  """``configs/<name>.py``'s config with ``--config.a.b=value`` overrides applied by the
-  parser main.py uses (ml_collections' config_flags: each value parsed by its field's type);
-  an unknown field or a malformed flag is an error naming it."""
-  path = os.path.join(REPO, "configs", name + ".py")
-  defaults = importlib.import_module(f"configs.{name}").get_config()
+def make_config(name, overrides, variant=""):
+  """``configs/<name>.py:<variant>``'s config with ``--config.a.b=value`` overrides applied
+  by the parser main.py uses (ml_collections' config_flags: each value parsed by its field's
+  type); an unknown field or a malformed flag is an error naming it."""
+  path = os.path.join(REPO, "configs", name + ".py") + (f":{variant}" if variant else "")
+  defaults = importlib.import_module(f"configs.{name}").get_config(variant)
   for override in overrides:
     if not override.startswith("--config.") or "=" not in override:
       raise ValueError(f"expected --config.<field>=<value>, got {override!r}.")
@@ -83,8 +75,9 @@ def make_config(name, overrides):
   argv = ["study_gpu", f"--config={path}", *overrides]
   flag_values = flags.FlagValues()  # Private: the driver's own flags stay untouched.
   # sys_argv: config_flags finds the override flags in this list, not in sys.argv.
-  config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   flag_values(argv)
   return flag_values.config
 
@@ -99,8 +92,11 @@ def pack(root, path):
   killed mid-pack leaves the previous pack whole)."""
   partial = path + ".partial"
   with tarfile.open(partial, "w:gz") as archive:
-    archive.add(root, arcname=".",
-                filter=lambda info: None if os.path.basename(info.name) in UNPACKED else info)
+    archive.add(
+      root,
+      arcname=".",
+      filter=lambda info: None if os.path.basename(info.name) in UNPACKED else info,
+    )
   os.replace(partial, path)
 
 
@@ -120,8 +116,9 @@ def run(root, objectives, seeds, budget_s, pack_path=None, smoke=False, keep_wei
   A point starts only if the slowest point so far would still end inside ``budget_s``
   (counted from the call); finished points (their markers exist) are skipped.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from emo_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from emo_jax import evaluate, train
 
   start = time.time()
   os.makedirs(root, exist_ok=True)
@@ -129,13 +126,16 @@ def run(root, objectives, seeds, budget_s, pack_path=None, smoke=False, keep_wei
   jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   device = jax.devices()[0].device_kind
-  print(f"study_gpu: {jax.device_count()} x {device}, {len(os.sched_getaffinity(0))} CPU "
-        f"cores, jax {jax.__version__}", flush=True)
+  print(
+    f"study_gpu: {jax.device_count()} x {device}, {len(os.sched_getaffinity(0))} CPU "
+    f"cores, jax {jax.__version__}",
+    flush=True,
+  )
 
   base = os.path.join(root, "base")
   base_marker = os.path.join(base, "results.json")
   if not os.path.exists(base_marker):
-    config = make_config("study_gpu_base", SMOKE_BASE if smoke else [])
+    config = make_config("study_gpu_base", SMOKE_BASE if smoke else [], "smoke" if smoke else "")
     seconds = _timed(root, base_marker, lambda: train.train_and_evaluate(config, base), device)
     print(f"study_gpu: base trained in {seconds:.0f} s", flush=True)
 
@@ -149,25 +149,36 @@ def run(root, objectives, seeds, budget_s, pack_path=None, smoke=False, keep_wei
         continue
       elapsed = time.time() - start
       if elapsed + slowest > budget_s:
-        print(f"study_gpu: budget: {elapsed:.0f} s spent, a point takes up to {slowest:.0f} s; "
-              f"stopping before {objective} seed {seed}.", flush=True)
+        print(
+          f"study_gpu: budget: {elapsed:.0f} s spent, a point takes up to {slowest:.0f} s; "
+          f"stopping before {objective} seed {seed}.",
+          flush=True,
+        )
         return done
-      flags = [f"--config.model.pretrained={os.path.join(base, 'hf_export')}",
-               f"--config.data.corpus={CORPUS}", f"--config.seed={seed}",
-               *study.OBJECTIVES[objective], *(SMOKE_FINETUNE if smoke else [])]
-      config = make_config("study_gpu_finetune", flags)
+      flags = [
+        f"--config.model.pretrained={os.path.join(base, 'hf_export')}",
+        f"--config.data.corpus={CORPUS}",
+        f"--config.seed={seed}",
+        *study.OBJECTIVES[objective],
+      ]
+      config = make_config("study_gpu_finetune", flags, "smoke" if smoke else "")
       point_start = time.time()
       if not os.path.exists(trained):
-        _timed(root, trained, lambda: train.train_and_evaluate(config, workdir), device)
-      _timed(root, evaluated, lambda: evaluate.evaluate_and_report(config, workdir), device)
+        _timed(root, trained, functools.partial(train.train_and_evaluate, config, workdir), device)
+      _timed(
+        root, evaluated, functools.partial(evaluate.evaluate_and_report, config, workdir), device
+      )
       slowest = max(slowest, time.time() - point_start)
       if not keep_weights:
         drop_checkpoints(workdir)
       if pack_path:
         pack(root, pack_path)
       done.append((objective, seed))
-      print(f"study_gpu: {objective} seed {seed} done in {time.time() - point_start:.0f} s "
-            f"({time.time() - start:.0f} s in all)", flush=True)
+      print(
+        f"study_gpu: {objective} seed {seed} done in {time.time() - point_start:.0f} s "
+        f"({time.time() - start:.0f} s in all)",
+        flush=True,
+      )
   return done
 
 
@@ -184,8 +195,9 @@ def unpack(path, root):
       relative = record["marker"].split(os.sep)
       for anchor in ("base", CORPUS):
         if anchor in relative:
-          record["marker"] = os.path.join(os.path.abspath(root),
-                                          *relative[relative.index(anchor):])
+          record["marker"] = os.path.join(
+            os.path.abspath(root), *relative[relative.index(anchor) :]
+          )
           break
     with open(timings, "w") as f:
       f.writelines(json.dumps(record) + "\n" for record in records)
@@ -193,7 +205,9 @@ def unpack(path, root):
 
 def score(root, objectives, seeds):
   """``--mode score`` (MAUVE, ROUGE, repetition) for each generated, unscored run."""
-  from emo_jax import evaluate, metrics  # pylint: disable=g-import-not-at-top
+  from emo_jax import evaluate
+  from emo_jax.evaluation import featurizers
+
   featurizer = None  # Loaded once; every run's human continuations are featurized once.
   for seed in seeds:
     for objective in objectives:
@@ -207,7 +221,9 @@ def score(root, objectives, seeds):
           continue
       config = make_config("study_gpu_finetune", [f"--config.seed={seed}"])
       if featurizer is None:
-        featurizer = metrics.MemoizedFeaturizer(metrics.make_featurizer(config.eval.featurizer))
+        featurizer = featurizers.MemoizedFeaturizer(
+          featurizers.make_featurizer(config.eval.featurizer)
+        )
       evaluate.score_generations(config, workdir, featurizer)
 
 
@@ -216,22 +232,41 @@ def main(argv=None):
   parser.add_argument("action", choices=["run", "unpack", "score"])
   parser.add_argument("archive", nargs="?", help="unpack: the .tar.gz that run --pack wrote")
   parser.add_argument("--root", default=os.path.join(REPO, "workdirs", "study_gpu"))
-  parser.add_argument("--objectives", nargs="+", default=list(study.OBJECTIVES),
-                      choices=list(study.OBJECTIVES))
+  parser.add_argument(
+    "--objectives", nargs="+", default=list(study.OBJECTIVES), choices=list(study.OBJECTIVES)
+  )
   parser.add_argument("--seeds", nargs="+", type=int, default=list(study.SEEDS))
-  parser.add_argument("--budget-minutes", type=float, default=float("inf"),
-                      help="run: start no point that would end after this")
-  parser.add_argument("--pack", help="run: after each point, write the metrics, generations "
-                      "and logs (no weights) into this .tar.gz")
+  parser.add_argument(
+    "--budget-minutes",
+    type=float,
+    default=float("inf"),
+    help="run: start no point that would end after this",
+  )
+  parser.add_argument(
+    "--pack",
+    help="run: after each point, write the metrics, generations "
+    "and logs (no weights) into this .tar.gz",
+  )
   parser.add_argument("--smoke", action="store_true", help="run: tiny sizes, seconds")
-  parser.add_argument("--keep-weights", action="store_true",
-                      help="run: keep each run's checkpoints (default: drop after evaluation)")
+  parser.add_argument(
+    "--keep-weights",
+    action="store_true",
+    help="run: keep each run's checkpoints (default: drop after evaluation)",
+  )
   args = parser.parse_args(argv)
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  from emo_jax import run_logging
+
+  run_logging.configure_console()
   if args.action == "run":
-    run(args.root, args.objectives, args.seeds, args.budget_minutes * 60, args.pack,
-        args.smoke, args.keep_weights)
+    run(
+      args.root,
+      args.objectives,
+      args.seeds,
+      args.budget_minutes * 60,
+      args.pack,
+      args.smoke,
+      args.keep_weights,
+    )
   elif args.action == "unpack":
     if not args.archive:
       parser.error("unpack needs the archive's path.")

@@ -32,17 +32,27 @@ def parse_axis(spec: str) -> tuple[str, list[str]]:
   return key, values
 
 
-def commands(config: str, root: str, axes: list[tuple[str, list[str]]],
-             fixed: list[str]) -> list[list[str]]:
+def commands(
+  config: str, root: str, axes: list[tuple[str, list[str]]], fixed: list[str]
+) -> list[list[str]]:
   keys = [key for key, _ in axes]
   if len(set(keys)) != len(keys):
     raise ValueError(f"an axis appears twice in --grid: {keys}.")
   out = []
   for values in itertools.product(*(vals for _, vals in axes)):
     name = ",".join(f"{k}={v}" for k, v in zip(keys, values)) or "run"
-    out.append([sys.executable, os.path.join(REPO, "main.py"), "--config", config,
-                "--workdir", os.path.join(root, name),
-                *(f"--config.{k}={v}" for k, v in zip(keys, values)), *fixed])
+    out.append(
+      [
+        sys.executable,
+        os.path.join(REPO, "main.py"),
+        "--config",
+        config,
+        "--workdir",
+        os.path.join(root, name),
+        *(f"--config.{k}={v}" for k, v in zip(keys, values)),
+        *fixed,
+      ]
+    )
   return out
 
 
@@ -50,8 +60,13 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True, help="config file, e.g. configs/default.py")
   parser.add_argument("--root", required=True, help="parent folder of the runs' workdirs")
-  parser.add_argument("--grid", type=parse_axis, action="append", default=[],
-                      help="KEY=V1,V2,... (repeatable); KEY is a config field path")
+  parser.add_argument(
+    "--grid",
+    type=parse_axis,
+    action="append",
+    default=[],
+    help="KEY=V1,V2,... (repeatable); KEY is a config field path",
+  )
   parser.add_argument("--run", action="store_true", help="execute instead of printing")
   parser.add_argument("fixed", nargs="*", help="overrides shared by every run (after --)")
   args = parser.parse_args(argv)

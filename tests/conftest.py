@@ -16,19 +16,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # program five times, and compiling it is about half of each run on this machine.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
-      prefix="emo_jax_test_compilation_cache_")
+    prefix="emo_jax_test_compilation_cache_"
+  )
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-_DEFAULT_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..",
-                                              "shared", "data"))
+_DEFAULT_DATA = os.path.normpath(
+  os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
 os.environ.setdefault("EMO_JAX_DATA", _DEFAULT_DATA)
 
 
 @pytest.fixture(scope="session")
 def data_dir():
   root = os.environ["EMO_JAX_DATA"]
-  assert os.path.isdir(root), (
-      f"tests need the local corpora: set EMO_JAX_DATA (tried {root}).")
+  assert os.path.isdir(root), f"tests need the local corpora: set EMO_JAX_DATA (tried {root})."
   return root

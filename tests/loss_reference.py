@@ -25,16 +25,16 @@ def cost_matrix(cost_embeddings):
 def terms(logits, labels, cost_embeddings=None):
   """Per-token CE, DEMD, p_t and their gradients w.r.t. logits, all float64, [N] / [N, V]."""
   logits = np.asarray(logits, np.float64)
-  n, vocab = logits.shape
+  n, _vocab = logits.shape
   probs = softmax(logits)
   rows = np.arange(n)
   onehot = np.zeros_like(probs)
   onehot[rows, labels] = 1.0
   out = {
-      "p": probs,
-      "p_t": probs[rows, labels],
-      "ce": -np.log(probs[rows, labels]),
-      "d_ce": probs - onehot,  # d CE / d z
+    "p": probs,
+    "p_t": probs[rows, labels],
+    "ce": -np.log(probs[rows, labels]),
+    "d_ce": probs - onehot,  # d CE / d z
   }
   if cost_embeddings is not None:
     costs = cost_matrix(np.asarray(cost_embeddings, np.float64))[labels]  # [N, V]: c_i
@@ -45,8 +45,9 @@ def terms(logits, labels, cost_embeddings=None):
   return out
 
 
-def emo(logits, labels, cost_embeddings, weighting="mle", max_weight=None,
-        detach_target_prob=False):
+def emo(
+  logits, labels, cost_embeddings, weighting="mle", max_weight=None, detach_target_prob=False
+):
   """Returns (per-token value, gradient of the summed loss w.r.t. logits)."""
   t = terms(logits, labels, cost_embeddings)
   demd = t["demd"] + (t["p_t"] if detach_target_prob else 0.0)  # DEMD' = DEMD + sg(p_t)

@@ -13,16 +13,21 @@ from emo_jax import checkpointing
 
 def _state(scale: float):
   """A train-state-shaped tree: the optimizer moments are twice the parameters' bytes."""
-  params = {"wte": jnp.arange(64 * 8, dtype=jnp.float32).reshape(64, 8) * scale,
-            "ln": {"scale": jnp.full((8,), scale, jnp.float32)}}
-  opt_state = {"mu": jax.tree.map(lambda x: x * 0.1, params),
-               "nu": jax.tree.map(lambda x: x * 0.01, params)}
+  params = {
+    "wte": jnp.arange(64 * 8, dtype=jnp.float32).reshape(64, 8) * scale,
+    "ln": {"scale": jnp.full((8,), scale, jnp.float32)},
+  }
+  opt_state = {
+    "mu": jax.tree.map(lambda x: x * 0.1, params),
+    "nu": jax.tree.map(lambda x: x * 0.01, params),
+  }
   return {"step": jnp.asarray(3), "params": params, "opt_state": opt_state}
 
 
 def _directory_bytes(path) -> int:
-  return sum(os.path.getsize(os.path.join(root, name))
-             for root, _, names in os.walk(path) for name in names)
+  return sum(
+    os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names
+  )
 
 
 def test_best_checkpoint_holds_the_params_and_the_metrics_that_made_it_best(tmp_path):
@@ -41,12 +46,12 @@ def test_best_checkpoint_holds_the_params_and_the_metrics_that_made_it_best(tmp_
 
   restored = checkpointer.restore_best_params(checkpointing.abstract_like(state["params"]))
   np.testing.assert_array_equal(restored["wte"], state["params"]["wte"])
-  np.testing.assert_array_equal(checkpointer.read_best_params()["ln"]["scale"],
-                                state["params"]["ln"]["scale"])
+  np.testing.assert_array_equal(
+    checkpointer.read_best_params()["ln"]["scale"], state["params"]["ln"]["scale"]
+  )
   # The periodic checkpoint still resumes everything.
   resumed, data_state = checkpointer.restore(checkpointing.abstract_like(state))
-  np.testing.assert_array_equal(resumed["opt_state"]["nu"]["wte"],
-                                state["opt_state"]["nu"]["wte"])
+  np.testing.assert_array_equal(resumed["opt_state"]["nu"]["wte"], state["opt_state"]["nu"]["wte"])
   assert data_state == {"train": {"epoch": 0, "position": 4}}
   checkpointer.close()
 
@@ -79,8 +84,12 @@ def test_an_empty_workdir_names_the_missing_checkpoint(tmp_path):
 
 
 def _largest_file(directory) -> str:
-  files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
-           if name != checkpointing.INTEGRITY_FILE]
+  files = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(directory)
+    for name in names
+    if name != checkpointing.INTEGRITY_FILE
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -118,7 +127,8 @@ def _two_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("how", sorted(DAMAGE))
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
-    tmp_path, how, caplog):
+  tmp_path, how, caplog
+):
   checkpointer = _two_checkpoints(tmp_path)
   damaged = damage_checkpoint(tmp_path / "checkpoints" / "8" / "state", how)
 
@@ -130,8 +140,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
   set_aside = tmp_path / checkpointing.SET_ASIDE_DIRECTORY / "8"
   assert set_aside.is_dir()  # ... whose files are kept, not deleted.
   if how != "removed":
-    assert os.path.exists(str(damaged).replace(str(tmp_path / "checkpoints" / "8"),
-                                               str(set_aside)))
+    assert os.path.exists(str(damaged).replace(str(tmp_path / "checkpoints" / "8"), str(set_aside)))
   assert "checkpoints/8 did not restore" in caplog.text and str(set_aside) in caplog.text
   # Saving step 8 again (the resumed run gets there) works and restores.
   checkpointer.save(8, _state(3.0), {"train": {"position": 8}})
@@ -143,9 +152,11 @@ def test_every_checkpoint_damaged_is_an_error_listing_each_and_moves_nothing(tmp
   checkpointer = _two_checkpoints(tmp_path)
   damage_checkpoint(tmp_path / "checkpoints" / "8", "bytes_flipped")
   damage_checkpoint(tmp_path / "checkpoints" / "4", "truncated")
-  with pytest.raises(checkpointing.CorruptCheckpointError,
-                     match=r"(?s)no periodic checkpoint .* restores.*checkpoints/8: .*CRC-32"
-                           r".*checkpoints/4: .*truncated"):
+  with pytest.raises(
+    checkpointing.CorruptCheckpointError,
+    match=r"(?s)no periodic checkpoint .* restores.*checkpoints/8: .*CRC-32"
+    r".*checkpoints/4: .*truncated",
+  ):
     checkpointer.restore(checkpointing.abstract_like(_state(0.0)))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
   assert not (tmp_path / checkpointing.SET_ASIDE_DIRECTORY).exists()

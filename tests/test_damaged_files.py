@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from emo_jax import damaged_files, models, tokenizer
 from test_llama import build_hf_model, write_gguf
+
+from emo_jax import damaged_files, models
+from emo_jax.data import tokenizer
 
 
 def truncate(path):
@@ -27,10 +28,12 @@ def garble_start(path):
 
 def nan_at(offset_of):
   """Overwrites four bytes with 0xff (a float32 NaN) at ``offset_of(path)``."""
+
   def damage(path):
     with open(path, "r+b") as f:
       f.seek(offset_of(path))
       f.write(b"\xff\xff\xff\xff")
+
   return damage
 
 
@@ -46,21 +49,51 @@ def _first_gguf_tensor(path):
 
 # (file, damage, what loads it, the message): the README's "errors you may see", for files.
 HF_CASES = {
-    "weights truncated": ("model.safetensors", truncate, "model",
-                          "model.safetensors is not a readable model.safetensors weights file "
-                          r"\(truncated or damaged\?\)"),
-    "weights header garbled": ("model.safetensors", garble_start, "model",
-                               "model.safetensors is not a readable"),
-    "weights NaN bytes": ("model.safetensors", nan_at(_first_safetensors_value), "model",
-                          "model.safetensors has non-finite values"),
-    "model config truncated": ("config.json", truncate, "model",
-                               "config.json is not a readable model config"),
-    "tokenizer.json truncated": ("tokenizer.json", truncate, "tokenizer",
-                                 "tokenizer.json is not a readable tokenizer file"),
-    "tokenizer.json garbled": ("tokenizer.json", garble_start, "tokenizer",
-                               "tokenizer.json is not a readable tokenizer file"),
-    "tokenizer config truncated": ("tokenizer_config.json", truncate, "tokenizer",
-                                   "tokenizer_config.json is not a readable tokenizer config"),
+  "weights truncated": (
+    "model.safetensors",
+    truncate,
+    "model",
+    (
+      "model.safetensors is not a readable model.safetensors weights file "
+      r"\(truncated or damaged\?\)"
+    ),
+  ),
+  "weights header garbled": (
+    "model.safetensors",
+    garble_start,
+    "model",
+    "model.safetensors is not a readable",
+  ),
+  "weights NaN bytes": (
+    "model.safetensors",
+    nan_at(_first_safetensors_value),
+    "model",
+    "model.safetensors has non-finite values",
+  ),
+  "model config truncated": (
+    "config.json",
+    truncate,
+    "model",
+    "config.json is not a readable model config",
+  ),
+  "tokenizer.json truncated": (
+    "tokenizer.json",
+    truncate,
+    "tokenizer",
+    "tokenizer.json is not a readable tokenizer file",
+  ),
+  "tokenizer.json garbled": (
+    "tokenizer.json",
+    garble_start,
+    "tokenizer",
+    "tokenizer.json is not a readable tokenizer file",
+  ),
+  "tokenizer config truncated": (
+    "tokenizer_config.json",
+    truncate,
+    "tokenizer",
+    "tokenizer_config.json is not a readable tokenizer config",
+  ),
 }
 LOADERS = {"model": models.from_pretrained, "tokenizer": tokenizer.load_tokenizer}
 
@@ -88,11 +121,15 @@ def test_a_damaged_hf_directory_file_is_an_error_naming_it(case, good_directory,
     LOADERS[loader](directory)
 
 
-@pytest.mark.parametrize("damage,message", [
+@pytest.mark.parametrize(
+  "damage,message",
+  [
     (garble_start, "damaged.gguf is not a readable GGUF file"),
     (truncate, "damaged.gguf is not a readable GGUF file"),
     (nan_at(_first_gguf_tensor), "in .*damaged.gguf has non-finite values"),
-], ids=["header garbled", "truncated", "NaN bytes"])
+  ],
+  ids=["header garbled", "truncated", "NaN bytes"],
+)
 def test_a_damaged_gguf_is_an_error_naming_it(tmp_path, damage, message):
   path = write_gguf(tmp_path / "damaged.gguf", build_hf_model("untied_mha"))
   models.from_pretrained(path)  # Undamaged, it loads.

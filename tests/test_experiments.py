@@ -11,28 +11,66 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
-import emo_loss_walkthrough as walkthrough  # pylint: disable=g-import-not-at-top,wrong-import-position
+WALKTHROUGH = os.path.join(REPO, "experiments", "emo_loss_walkthrough.ipynb")
 
 
 @pytest.fixture(scope="module")
-def results():
-  return walkthrough.compute()
+def executed_walkthrough():
+  """The notebook run top to bottom in a fresh kernel of this interpreter, plus one cell the
+  test adds at the end that hands the notebook's numbers back as JSON."""
+  import nbclient
+  import nbformat
+
+  notebook = nbformat.read(WALKTHROUGH, as_version=4)
+  notebook.cells.append(
+    nbformat.v4.new_code_cell(
+      "import json\nprint(json.dumps({'rows': rows, 'words': WORDS, 'gradients': "
+      "{k: v.tolist() for k, v in gradients.items()}}))"
+    )
+  )
+  nbclient.NotebookClient(
+    notebook,
+    timeout=300,
+    kernel_name="python3",
+    resources={"metadata": {"path": os.path.join(REPO, "experiments")}},
+  ).execute(env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  results = json.loads(notebook.cells[-1].outputs[0]["text"])
+  return notebook, results
 
 
-def test_walkthrough_claims(results):
+def test_walkthrough_is_committed_without_outputs():
+  import nbformat
+
+  notebook = nbformat.read(WALKTHROUGH, as_version=4)
+  nbformat.validate(notebook)
+  code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+  assert code and all(not c.outputs and c.execution_count is None for c in code)
+
+
+@pytest.mark.slow
+def test_walkthrough_runs_and_its_claims_hold(executed_walkthrough):
+  notebook, results = executed_walkthrough
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o["output_type"] == "error"]
+  assert any("image/png" in o.get("data", {}) for o in outputs)  # The DEMD-vs-CE figure.
+  assert any(
+    "| mass on | CE | DEMD |" in o.get("data", {}).get("text/markdown", "") for o in outputs
+  )
+
   rows = {row["mass on"]: row for row in results["rows"]}
   # CE reads only p(target): identical in every row.
   np.testing.assert_allclose([r["CE"] for r in rows.values()], -np.log(0.4), rtol=1e-5)
   # DEMD: mass on near-synonyms costs less than mass on unrelated words.
-  assert max(rows["large"]["DEMD"], rows["huge"]["DEMD"]) < min(rows["dog"]["DEMD"],
-                                                                  rows["car"]["DEMD"])
+  assert max(rows["large"]["DEMD"], rows["huge"]["DEMD"]) < min(
+    rows["dog"]["DEMD"], rows["car"]["DEMD"]
+  )
   # DEMD is the exact EMD of the linear program.
   for row in rows.values():
     assert row["DEMD"] == pytest.approx(row["EMD (LP)"], abs=1e-5)
   # EMO pushes the far word down harder than CE (relative to its probability) and spares
   # the near ones; MixCE/TaiLr gradients are multiples of CE's.
-  grads = results["gradients"]
-  car, large = walkthrough.WORDS.index("car"), walkthrough.WORDS.index("large")
+  grads = {name: np.asarray(g) for name, g in results["gradients"].items()}
+  car, large = results["words"].index("car"), results["words"].index("large")
   ce, emo = grads["CE"], grads["EMO (mle weighting)"]
   assert emo[car] / ce[car] > emo[large] / ce[large]
   for name in ("MixCE (r=0.5)", "TaiLr (γ=0.5)"):
@@ -40,35 +78,23 @@ def test_walkthrough_claims(results):
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
 
 
-@pytest.mark.slow
-def test_walkthrough_script_renders_markdown():
-  out = subprocess.run([sys.executable, os.path.join(REPO, "experiments",
-                                                     "emo_loss_walkthrough.py")],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.startswith("# EMO's loss on a toy vocabulary")
-  assert "| car |" in out.stdout and "exact EMD" in out.stdout
-
-
 # ----------------------------------------------------------------------------------------
 # The study driver: commands and the report's statistics (the runs themselves are hours).
 # ----------------------------------------------------------------------------------------
 
-import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+import study
 
 
 def test_study_grid_commands(tmp_path):
   finetune = study.stage_commands("finetune", str(tmp_path))
   assert len(finetune) == len(study.CORPORA) * len(study.OBJECTIVES) * len(study.SEEDS)
   command, marker = finetune[0]
-  assert command[1].endswith("main.py") and "--config.data.corpus=wikitext2_raw_carved" in (
-      command)
-  assert marker.endswith(os.path.join("wikitext2_raw_carved", "mle", "seed0",
-                                      "results.json"))
-  evaluation = study.stage_commands("eval", str(tmp_path), corpora=["ag_news"],
-                                    objectives=["emo"], seeds=[1])
-  (command, marker), = evaluation
+  assert command[1].endswith("main.py") and "--config.data.corpus=wikitext2_raw_carved" in (command)
+  assert marker.endswith(os.path.join("wikitext2_raw_carved", "mle", "seed0", "results.json"))
+  evaluation = study.stage_commands(
+    "eval", str(tmp_path), corpora=["ag_news"], objectives=["emo"], seeds=[1]
+  )
+  ((command, marker),) = evaluation
   assert "--mode" in command and "--config.loss.weighting=mle" in command
   assert marker.endswith("eval.json")
   with pytest.raises(ValueError, match="unknown stage"):
@@ -77,15 +103,32 @@ def test_study_grid_commands(tmp_path):
 
 def test_study_v2_starts_every_point_from_smollm2(tmp_path, capsys):
   assert study.stage_commands("base", str(tmp_path), setting="smollm2") == []
-  finetune = study.stage_commands("finetune", str(tmp_path), setting="smollm2",
-                                  corpora=["ag_news"], objectives=["mle", "emo"], seeds=[2])
+  finetune = study.stage_commands(
+    "finetune",
+    str(tmp_path),
+    setting="smollm2",
+    corpora=["ag_news"],
+    objectives=["mle", "emo"],
+    seeds=[2],
+  )
   assert len(finetune) == 2
   for command, marker in finetune:
     assert command[command.index("--config") + 1].endswith("smollm2_study.py")
     assert "--config.model.pretrained=smollm2-135m" in command
     assert "--config.seed=2" in command and marker.endswith("results.json")
-  study.main(["commands", "--setting", "smollm2", "--corpora", "ag_news", "--objectives",
-              "emo", "--seeds", "0"])
+  study.main(
+    [
+      "commands",
+      "--setting",
+      "smollm2",
+      "--corpora",
+      "ag_news",
+      "--objectives",
+      "emo",
+      "--seeds",
+      "0",
+    ]
+  )
   printed = capsys.readouterr().out.splitlines()
   assert len(printed) == 2 and "--mode eval" in printed[1]  # Train, then evaluate; no base.
   assert os.path.join("workdirs", "study_smollm2", "ag_news", "emo", "seed0") in printed[0]
@@ -95,8 +138,15 @@ def _write_eval(root, objective, seed, mauve, perplexity):
   path = os.path.join(study.run_dir(str(root), "ag_news", objective, seed), "eval.json")
   os.makedirs(os.path.dirname(path))
   with open(path, "w") as f:
-    json.dump({"perplexity": perplexity, "mauve": {"mean": mauve},
-               "rouge": {"rougeL": 0.1}, "repetition": {"rep-2": {"model": 0.05}}}, f)
+    json.dump(
+      {
+        "perplexity": perplexity,
+        "mauve": {"mean": mauve},
+        "rouge": {"rougeL": 0.1},
+        "repetition": {"rep-2": {"model": 0.05}},
+      },
+      f,
+    )
 
 
 def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
@@ -104,8 +154,7 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
     _write_eval(tmp_path, "mle", seed, base, 30.0 + seed)
     _write_eval(tmp_path, "emo", seed, base + 0.2 + noise, 31.0 + seed + noise)
     _write_eval(tmp_path, "tailr", seed, base + [0.05, -0.05, 0.0][seed], 30.0 + seed)
-  table = study.collect(str(tmp_path), corpora=["ag_news"],
-                        objectives=["mle", "emo", "tailr"])
+  table = study.collect(str(tmp_path), corpora=["ag_news"], objectives=["mle", "emo", "tailr"])
   assert table["ag_news"]["emo"]["seeds"] == [0, 1, 2]
   report = study.markdown_report(table)
   emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
@@ -123,8 +172,20 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
 
 
 def test_study_passes_overrides_after_double_dash(capsys):
-  study.main(["commands", "finetune", "--corpora", "ag_news", "--objectives", "mle",
-              "--seeds", "0", "--", "--config.train.num_steps=4"])
+  study.main(
+    [
+      "commands",
+      "finetune",
+      "--corpora",
+      "ag_news",
+      "--objectives",
+      "mle",
+      "--seeds",
+      "0",
+      "--",
+      "--config.train.num_steps=4",
+    ]
+  )
   (line,) = capsys.readouterr().out.strip().splitlines()
   assert line.endswith("--config.train.num_steps=4") and "--config.data.corpus=ag_news" in line
 
@@ -135,12 +196,14 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
     for objective, mauve in (("mle", 0.5), ("emo", 0.7)):
       _write_eval(root, objective, seed, mauve + 0.01 * seed, 30.0)
       workdir = study.run_dir(str(root), "ag_news", objective, seed)
-      records = [{"step": 10, "train/loss": 3.0, "train/step_seconds": 9.0},  # Compiles.
-                 {"step": 20, "train/loss": 2.9, "train/step_seconds": 1.0 + seed},
-                 {"step": 25, "eval/perplexity": 40.0 - seed},
-                 {"step": 30, "train/loss": 2.8, "train/step_seconds": 50.0},  # Holds eval 25.
-                 {"step": 40, "train/loss": 2.7, "train/step_seconds": 1.0 + seed},
-                 {"step": 50, "eval/perplexity": 35.0 - seed}]
+      records = [
+        {"step": 10, "train/loss": 3.0, "train/step_seconds": 9.0},  # Compiles.
+        {"step": 20, "train/loss": 2.9, "train/step_seconds": 1.0 + seed},
+        {"step": 25, "eval/perplexity": 40.0 - seed},
+        {"step": 30, "train/loss": 2.8, "train/step_seconds": 50.0},  # Holds eval 25.
+        {"step": 40, "train/loss": 2.7, "train/step_seconds": 1.0 + seed},
+        {"step": 50, "eval/perplexity": 35.0 - seed},
+      ]
       with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
       with open(root / "timings.jsonl", "a") as f:
@@ -149,15 +212,33 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
           if seed == 1:  # Pinned to one core; seed 0's records predate the field (2 cores).
             record["cores"] = 1
           f.write(json.dumps(record) + "\n")
-  assert study.validation_curves(str(root), "ag_news", "emo") == {25: [40.0, 39.0],
-                                                                  50: [35.0, 34.0]}
+  assert study.validation_curves(str(root), "ag_news", "emo") == {
+    25: [40.0, 39.0],
+    50: [35.0, 34.0],
+  }
   # Median of 1, 1, 2, 2: neither the compiling interval (9) nor the one with an eval (50).
   assert study.step_seconds(str(root), "ag_news", "mle") == 1.5
   results = tmp_path / "RESULTS.md"
   results.write_text(f"# Results\nintro\n{study.BEGIN}\nold tables\n{study.END}\noutro\n")
-  study.main(["report", "--root", str(root), "--corpora", "ag_news", "--objectives", "mle",
-              "emo", "--seeds", "0", "1", "--figures", str(tmp_path / "figures"),
-              "--update", str(results)])
+  study.main(
+    [
+      "report",
+      "--root",
+      str(root),
+      "--corpora",
+      "ag_news",
+      "--objectives",
+      "mle",
+      "emo",
+      "--seeds",
+      "0",
+      "1",
+      "--figures",
+      str(tmp_path / "figures"),
+      "--update",
+      str(results),
+    ]
+  )
   text = results.read_text()
   assert text.startswith("# Results\nintro\n") and text.endswith(f"{study.END}\noutro\n")
   assert "old tables" not in text and "| emo | 2 |" in text
@@ -180,8 +261,7 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
 
 
 def test_study_run_everything_evaluates_each_point_right_after_training(capsys):
-  study.main(["commands", "--corpora", "ag_news", "--objectives", "mle", "emo",
-              "--seeds", "0"])
+  study.main(["commands", "--corpora", "ag_news", "--objectives", "mle", "emo", "--seeds", "0"])
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 5 and "study_base.py" in lines[0]
   kinds = ["eval" if "--mode eval" in line else "train" for line in lines[1:]]
@@ -212,13 +292,42 @@ def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
   assert study.read_timings(str(tmp_path)) == {("finetune", "ag_news", "emo", 1): {2: 30.0}}
 
 
+def test_an_interrupted_point_counts_every_invocation(tmp_path):
+  done = tmp_path / "wikitext2_raw_carved" / "mle" / "seed0" / "results.json"
+  failing = [sys.executable, "-c", "import time, sys; time.sleep(0.2); sys.exit(143)"]
+  with pytest.raises(subprocess.CalledProcessError):
+    study.run_stage([(failing, str(done))], str(tmp_path))
+  (unfinished,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
+  assert unfinished["finished"] is False and unfinished["seconds"] >= 0.2
+  assert study.read_timings(str(tmp_path)) == {}  # Nothing finished yet.
+  resume = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
+  done.parent.mkdir(parents=True)
+  study.run_stage([(resume, str(done))], str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
+  cores = len(os.sched_getaffinity(0))
+  (seconds,) = study.read_timings(str(tmp_path))[
+    ("finetune", "wikitext2_raw_carved", "mle", cores)
+  ].values()
+  assert seconds == pytest.approx(records[0]["seconds"] + records[1]["seconds"])
+  # A rerun after the marker was deleted starts the count again.
+  with open(tmp_path / "timings.jsonl", "a") as f:
+    f.write(json.dumps({"marker": str(done), "seconds": 5.0, "cores": cores}) + "\n")
+  assert study.read_timings(str(tmp_path))[("finetune", "wikitext2_raw_carved", "mle", cores)] == {
+    0: 5.0
+  }
+
+
 def test_cost_geometry_terms_match_direct_computations():
   """The diagnosis behind the AG News / Tiny Shakespeare collapse: its closed-form uniform
   DEMD must be DEMD of equal logits, and its CE/DEMD the losses module's on the model."""
-  import jax, jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import cost_geometry  # pylint: disable=g-import-not-at-top
-  from emo_jax import losses  # pylint: disable=g-import-not-at-top
-  from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+
+  from emo_jax import losses
+  from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+  import cost_geometry
+
   model = GPT2LMHeadModel(GPT2Config.preset("tiny", vocab_size=37, n_positions=16))
   blocks = jax.random.randint(jax.random.key(1), (3, 9), 0, 37)
   params = model.init(jax.random.key(0), blocks[:, :-1])["params"]
@@ -227,8 +336,7 @@ def test_cost_geometry_terms_match_direct_computations():
   head = model.apply({"params": params}, method=model.output_embeddings)  # [V, d]
   targets = blocks[:, 1:]
   equal_logits = jnp.zeros(targets.shape + (37,))
-  np.testing.assert_allclose(uniform, jnp.mean(losses.demd(equal_logits, targets, head)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(uniform, jnp.mean(losses.demd(equal_logits, targets, head)), rtol=1e-5)
   # And by hand in NumPy: the mean over positions of sum_i (1 - cos(e_i, e_t)) / V.
   unit = np.asarray(head) / np.linalg.norm(np.asarray(head), axis=-1, keepdims=True)
   by_hand = np.mean(1.0 - (unit[np.asarray(targets)] @ unit.T).mean(-1))
@@ -240,14 +348,22 @@ def test_cost_geometry_terms_match_direct_computations():
 
 
 def test_study_gpu_config_flags_follow_main_py():
-  import study_gpu  # pylint: disable=g-import-not-at-top
-  config = study_gpu.make_config("study_gpu_finetune", [
-      "--config.loss.name=tailr", "--config.seed=2", "--config.optim.learning_rate=3e-5",
-      "--config.eval.text_metrics=True"])
+  import study_gpu
+
+  config = study_gpu.make_config(
+    "study_gpu_finetune",
+    [
+      "--config.loss.name=tailr",
+      "--config.seed=2",
+      "--config.optim.learning_rate=3e-5",
+      "--config.eval.text_metrics=True",
+    ],
+  )
   assert (config.loss.name, config.seed, config.optim.learning_rate) == ("tailr", 2, 3e-5)
   assert config.eval.text_metrics is True
   # The GPU grid keeps the CPU grid's protocol; only where the time goes differs.
-  from configs import study_finetune  # pylint: disable=g-import-not-at-top
+  from configs import study_finetune
+
   gpu, cpu = study_gpu.make_config("study_gpu_finetune", []), study_finetune.get_config()
   for section in ("loss", "optim", "data"):
     assert gpu[section].to_dict() == cpu[section].to_dict(), section
@@ -257,8 +373,10 @@ def test_study_gpu_config_flags_follow_main_py():
     assert gpu.eval[field] == cpu.eval[field], field
   # Values are parsed by the field's type, as main.py parses them: a digit string for a
   # string field stays a string; a word for an integer field is an error.
-  assert study_gpu.make_config("study_gpu_finetune", [
-      "--config.eval.featurizer=1"]).eval.featurizer == "1"
+  assert (
+    study_gpu.make_config("study_gpu_finetune", ["--config.eval.featurizer=1"]).eval.featurizer
+    == "1"
+  )
   with pytest.raises(Exception, match="config.seed=abc"):
     study_gpu.make_config("study_gpu_finetune", ["--config.seed=abc"])
   with pytest.raises(ValueError, match="unknown config field 'train.nonsense'"):
@@ -274,22 +392,45 @@ def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
   script = os.path.join(REPO, "experiments", "study_gpu.py")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   device_root, archive = tmp_path / "device", tmp_path / "study_gpu.tar.gz"
-  run = lambda *args: subprocess.run([sys.executable, script, *args], env=env,
-                                     capture_output=True, text=True, timeout=900)
-  result = run("run", "--smoke", "--root", str(device_root), "--objectives", "mle",
-               "--seeds", "0", "--pack", str(archive))
+  run = lambda *args: subprocess.run(
+    [sys.executable, script, *args], env=env, capture_output=True, text=True, timeout=900
+  )
+  result = run(
+    "run",
+    "--smoke",
+    "--root",
+    str(device_root),
+    "--objectives",
+    "mle",
+    "--seeds",
+    "0",
+    "--pack",
+    str(archive),
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   assert "study_gpu: mle seed 0 done" in result.stdout
   workdir = device_root / "wikitext2_raw_carved" / "mle" / "seed0"
   assert not (workdir / "best").exists()  # Weights dropped once evaluated.
   # The budget: nothing left to do for seed 0; emo would not fit in zero minutes.
-  result = run("run", "--smoke", "--root", str(device_root), "--objectives", "mle", "emo",
-               "--seeds", "0", "--budget-minutes", "0")
+  result = run(
+    "run",
+    "--smoke",
+    "--root",
+    str(device_root),
+    "--objectives",
+    "mle",
+    "emo",
+    "--seeds",
+    "0",
+    "--budget-minutes",
+    "0",
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "stopping before emo seed 0" in result.stdout
   assert not (device_root / "wikitext2_raw_carved" / "emo").exists()
 
-  import tarfile  # pylint: disable=g-import-not-at-top
+  import tarfile
+
   with tarfile.open(archive) as packed:
     names = packed.getnames()
   assert "./wikitext2_raw_carved/mle/seed0/generations.jsonl" in names
@@ -299,9 +440,10 @@ def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
   assert run("unpack", str(archive), "--root", str(root)).returncode == 0
   records = [json.loads(line) for line in open(root / "timings.jsonl")]
   assert {r["marker"] for r in records} == {
-      str(root / "base" / "results.json"),
-      str(root / "wikitext2_raw_carved" / "mle" / "seed0" / "results.json"),
-      str(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json")}
+    str(root / "base" / "results.json"),
+    str(root / "wikitext2_raw_carved" / "mle" / "seed0" / "results.json"),
+    str(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json"),
+  }
   unscored = json.load(open(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json"))
   assert "mauve" not in unscored and unscored["num_prompts"] == 8
   result = run("score", "--root", str(root), "--objectives", "mle", "--seeds", "0")
@@ -309,43 +451,64 @@ def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
   scored = json.load(open(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json"))
   assert scored["perplexity"] == unscored["perplexity"]
   assert 0.0 <= scored["mauve"]["mean"] <= 1.0 and len(scored["mauve"]["runs"]) == 5
-  assert study.collect(str(root), ["wikitext2_raw_carved"], ["mle"], [0])[
-      "wikitext2_raw_carved"]["mle"]["seeds"] == [0]
+  assert study.collect(str(root), ["wikitext2_raw_carved"], ["mle"], [0])["wikitext2_raw_carved"][
+    "mle"
+  ]["seeds"] == [0]
   # The report names the device the timings were taken on (here JAX's CPU "device").
   report = study.timings_report(str(root), {"wikitext2_raw_carved": {"mle": {}}})
   assert report.startswith("Device: cpu (`cores`")
   assert "| eval | wikitext2_raw_carved | mle |" in report
 
 
-import fewshot as fewshot_driver  # pylint: disable=g-import-not-at-top,wrong-import-position
+import fewshot as fewshot_driver
 
 
 def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys):
-  import jax, jax.numpy as jnp  # pylint: disable=g-import-not-at-top,multiple-imports
-  from emo_jax import models  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+
+  from emo_jax import models
+
   model = models.from_config("gpt2", "tiny", vocab_size=50257, max_length=512)
-  models.save_pretrained(model, model.init(jax.random.key(0),
-                                           jnp.zeros((1, 4), jnp.int32))["params"],
-                         str(tmp_path / "tiny"))
+  models.save_pretrained(
+    model,
+    model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"],
+    str(tmp_path / "tiny"),
+  )
   out = str(tmp_path / "fewshot.json")
-  argv = ["--model", f"a={tmp_path / 'tiny'}", "--model", f"b={tmp_path / 'tiny'}",
-          "--k", "2", "--max_queries", "6", "--batch_size", "4", "--out", out]
+  argv = [
+    "--model",
+    f"a={tmp_path / 'tiny'}",
+    "--model",
+    f"b={tmp_path / 'tiny'}",
+    "--k",
+    "2",
+    "--max_queries",
+    "6",
+    "--batch_size",
+    "4",
+    "--out",
+    out,
+  ]
   results = fewshot_driver.main(argv)
   assert set(results) == {"a", "b"} and set(results["a"]["tasks"]) == {"ag_news", "sst2"}
   assert all(results[m]["tasks"][t]["n"] == 6 for m in "ab" for t in ("ag_news", "sst2"))
   # The same model twice: identical predictions, so no discordant pair.
-  assert results["a"]["tasks"]["sst2"]["predictions"] == results["b"]["tasks"]["sst2"][
-      "predictions"]
+  assert (
+    results["a"]["tasks"]["sst2"]["predictions"] == results["b"]["tasks"]["sst2"]["predictions"]
+  )
   assert "+0 / -0 (1.000)" in capsys.readouterr().out
   assert json.load(open(out)) == json.loads(json.dumps(results))
 
   def must_not_load(*args, **kwargs):
     raise AssertionError("a scored model was scored again")
+
   with monkeypatch.context() as patch:
     patch.setattr(fewshot_driver.models, "from_pretrained", must_not_load)
     assert fewshot_driver.main(argv) == json.loads(json.dumps(results))
   # Other settings: the stored scores do not count, so both models are scored again.
-  rescored = fewshot_driver.main([*argv[:4], "--k", "2", "--max_queries", "4",
-                                  "--batch_size", "4", "--out", out])
+  rescored = fewshot_driver.main(
+    [*argv[:4], "--k", "2", "--max_queries", "4", "--batch_size", "4", "--out", out]
+  )
   assert rescored["a"]["settings"]["max_queries"] == 4
   assert all(rescored[m]["tasks"][t]["n"] == 4 for m in "ab" for t in ("ag_news", "sst2"))

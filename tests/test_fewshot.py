@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emo_jax import corpora, fewshot, models, tokenizer as tokenizer_lib
+from emo_jax import fewshot, models
+from emo_jax.data import corpora
+from emo_jax.data import tokenizer as tokenizer_lib
 
 
 def tiny_model(family, vocab=97, max_length=64):
@@ -25,7 +27,7 @@ def reference_losses(model, params, prefix, queries, labels):
   sequences = [prefix + query + label for query in queries for label in labels]
   ids = np.zeros((len(sequences), max(map(len, sequences))), np.int32)
   for row, sequence in enumerate(sequences):
-    ids[row, :len(sequence)] = sequence
+    ids[row, : len(sequence)] = sequence
   log_probs = np.asarray(jax.nn.log_softmax(model.apply({"params": params}, ids), axis=-1))
   out = np.zeros((len(queries), len(labels)))
   for i, query in enumerate(queries):
@@ -36,8 +38,9 @@ def reference_losses(model, params, prefix, queries, labels):
   return out
 
 
-@pytest.mark.parametrize("labels", [[[40], [41, 42, 43], [44, 45]], [[40], [41]]],
-                         ids=["ragged", "one_token"])
+@pytest.mark.parametrize(
+  "labels", [[[40], [41, 42, 43], [44, 45]], [[40], [41]]], ids=["ragged", "one_token"]
+)
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_shared_prefix_scores_equal_full_forward_passes(family, labels):
   model, params = tiny_model(family)
@@ -62,9 +65,10 @@ def test_rendered_prompt_reads_as_written():
   task = fewshot.TASKS["sst2"]
   prefix = fewshot.demonstration_prefix(task, [("a fine film .", 1), ("dull .", 0)])
   assert prefix + fewshot.query_text(task, "what a mess .") == (
-      "Review: a fine film .\nSentiment: positive\n\n"
-      "Review: dull .\nSentiment: negative\n\n"
-      "Review: what a mess .\nSentiment:")
+    "Review: a fine film .\nSentiment: positive\n\n"
+    "Review: dull .\nSentiment: negative\n\n"
+    "Review: what a mess .\nSentiment:"
+  )
 
 
 @pytest.mark.parametrize("source", ["gpt2", "smollm2-135m"])
@@ -78,7 +82,8 @@ def test_pieces_tokenize_exactly_like_the_whole_prompt(source, task_name, data_d
     query = fewshot.query_text(task, text)
     word = " " + task.label_words[label]
     assert tokenizer.encode(prefix + query + word) == (
-        tokenizer.encode(prefix) + tokenizer.encode(query) + tokenizer.encode(word))
+      tokenizer.encode(prefix) + tokenizer.encode(query) + tokenizer.encode(word)
+    )
 
 
 def test_demonstrations_are_balanced_seeded_and_whole_sentences(data_dir):
@@ -89,12 +94,14 @@ def test_demonstrations_are_balanced_seeded_and_whole_sentences(data_dir):
   assert all(len(text.split()) >= 8 for text, _ in chosen)
   assert chosen == fewshot.choose_demonstrations(task, pool, 8, seed=3)
   assert chosen != fewshot.choose_demonstrations(task, pool, 8, seed=4)
-  news = fewshot.choose_demonstrations(fewshot.TASKS["ag_news"],
-                                       corpora.ag_news_examples("train", data_dir), 6)
+  news = fewshot.choose_demonstrations(
+    fewshot.TASKS["ag_news"], corpora.ag_news_examples("train", data_dir), 6
+  )
   assert sorted(label for _, label in news) == [0, 0, 1, 1, 2, 3]  # 6 over 4 labels.
   with pytest.raises(ValueError, match="only 1 eligible demonstrations of label 'positive'"):
-    fewshot.choose_demonstrations(task, [("one two three four five six seven eight", 1)] * 1
-                                  + [("a b c d e f g h", 0)] * 4, 4)
+    fewshot.choose_demonstrations(
+      task, [("one two three four five six seven eight", 1)] * 1 + [("a b c d e f g h", 0)] * 4, 4
+    )
 
 
 def test_accuracy_interval_is_wilsons():
@@ -113,7 +120,7 @@ def test_mcnemar_exact_on_hand_counted_pairs():
   b = [False] * 5 + [True, False] * 3  # A alone is right 5 times, B alone never.
   result = fewshot.mcnemar(a, b)
   assert (result["a_only"], result["b_only"]) == (5, 0)
-  assert result["p_value"] == pytest.approx(2 * 0.5 ** 5)  # Two-sided exact binomial.
+  assert result["p_value"] == pytest.approx(2 * 0.5**5)  # Two-sided exact binomial.
   assert fewshot.mcnemar(a, a)["p_value"] == 1.0
   with pytest.raises(ValueError, match="same queries"):
     fewshot.mcnemar(a, b[:-1])

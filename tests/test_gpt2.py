@@ -11,16 +11,23 @@ import torch
 import transformers
 
 from emo_jax import cost_embeddings as cost_lib
-from emo_jax import losses
-from emo_jax import models
-from hf_reference import random_ids, torch_logits
+from emo_jax import losses, models
+from emo_jax.data.tokenizer import load_tokenizer, packaged_gpt2_files
 from emo_jax.models.gpt2 import GPT2Config
-from emo_jax.tokenizer import load_tokenizer, packaged_gpt2_files
+
+from hf_reference import random_ids, torch_logits
 
 HF_CONFIGS = {
-    "tied": dict(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4),
-    "untied_wide_mlp": dict(vocab_size=211, n_positions=24, n_embd=48, n_layer=3, n_head=3,
-                            n_inner=80, tie_word_embeddings=False),
+  "tied": dict(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4),
+  "untied_wide_mlp": dict(
+    vocab_size=211,
+    n_positions=24,
+    n_embd=48,
+    n_layer=3,
+    n_head=3,
+    n_inner=80,
+    tie_word_embeddings=False,
+  ),
 }
 
 
@@ -43,12 +50,13 @@ def hf_checkpoint(request, tmp_path_factory):
 
 
 def test_logits_match_transformers(hf_checkpoint):
-  name, hf_model, directory = hf_checkpoint
+  _name, hf_model, directory = hf_checkpoint
   model, params = models.from_pretrained(directory)
   variables = {"params": params}
   ids = random_ids(model.vocab_size, (3, 17))
-  np.testing.assert_allclose(model.apply(variables, ids), torch_logits(hf_model, ids),
-                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(
+    model.apply(variables, ids), torch_logits(hf_model, ids), atol=1e-4, rtol=1e-4
+  )
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -59,8 +67,7 @@ def test_logits_match_transformers_with_padding(hf_checkpoint, side):
   ids = random_ids(model.vocab_size, (3, 12), seed=1)
   lengths = np.array([12, 7, 3])
   positions = np.arange(12)[None, :]
-  mask = (positions < lengths[:, None]) if side == "right" else (
-      positions >= 12 - lengths[:, None])
+  mask = (positions < lengths[:, None]) if side == "right" else (positions >= 12 - lengths[:, None])
   mask = mask.astype(np.int32)
   # HF numbers positions 0..T-1 whatever the padding; so do we by default.
   got = np.asarray(model.apply(variables, ids, attention_mask=mask))
@@ -86,7 +93,8 @@ def test_export_round_trip_through_transformers(hf_checkpoint, tmp_path):
   model, params = models.from_pretrained(directory)
   models.save_pretrained(model, params, str(tmp_path))
   reloaded = transformers.GPT2LMHeadModel.from_pretrained(
-      str(tmp_path), attn_implementation="eager").eval()
+    str(tmp_path), attn_implementation="eager"
+  ).eval()
   ids = random_ids(model.vocab_size, (2, 11), seed=3)
   np.testing.assert_array_equal(torch_logits(reloaded, ids), torch_logits(hf_model, ids))
 
@@ -98,8 +106,9 @@ def test_pytorch_bin_checkpoint_loads(tmp_path):
   model, params = models.from_pretrained(str(tmp_path))
   variables = {"params": params}
   ids = random_ids(model.vocab_size, (2, 9), seed=4)
-  np.testing.assert_allclose(model.apply(variables, ids), torch_logits(hf_model, ids),
-                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(
+    model.apply(variables, ids), torch_logits(hf_model, ids), atol=1e-4, rtol=1e-4
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -110,16 +119,19 @@ def test_pytorch_bin_checkpoint_loads(tmp_path):
 def test_frozen_head_cost_is_the_normalised_head_at_load(hf_checkpoint):
   _, hf_model, directory = hf_checkpoint
   model, params = models.from_pretrained(directory)
-  variables = {"params": params, **cost_lib.make_cost_collection(model, params,
-                                                                 cost_lib.FROZEN_HEAD)}
+  variables = {
+    "params": params,
+    **cost_lib.make_cost_collection(model, params, cost_lib.FROZEN_HEAD),
+  }
   head = hf_model.lm_head.weight.detach().numpy()
   expected = head / np.linalg.norm(head, axis=-1, keepdims=True)
   np.testing.assert_allclose(variables["cost"]["embeddings"], expected, rtol=1e-6, atol=1e-7)
   assert variables["cost"]["embeddings"].dtype == jnp.float32
   # A copy: moving the parameters leaves the cost embeddings where they were.
   moved = jax.tree.map(lambda p: p + 1.0, variables["params"])
-  np.testing.assert_array_equal(cost_lib.resolve(model, {**variables, "params": moved}),
-                                variables["cost"]["embeddings"])
+  np.testing.assert_array_equal(
+    cost_lib.resolve(model, {**variables, "params": moved}), variables["cost"]["embeddings"]
+  )
 
 
 def test_adaptive_cost_follows_the_head_without_gradient(hf_checkpoint):
@@ -129,8 +141,11 @@ def test_adaptive_cost_follows_the_head_without_gradient(hf_checkpoint):
   ids = random_ids(model.vocab_size, (2, 6), seed=7)
 
   def loss(params, stop):
-    cost = cost_lib.resolve(model, {"params": params}) if stop else (
-        models.output_embeddings(model, params))
+    cost = (
+      cost_lib.resolve(model, {"params": params})
+      if stop
+      else (models.output_embeddings(model, params))
+    )
     logits = model.apply({"params": params}, ids)
     return losses.masked_mean(losses.demd(logits[:, :-1], ids[:, 1:], cost))
 
@@ -138,8 +153,9 @@ def test_adaptive_cost_follows_the_head_without_gradient(hf_checkpoint):
   with_sg = grad(params, True)
   without_sg = grad(params, False)
   head_path = ("lm_head",) if not model.config.tie_word_embeddings else ("wte", "embedding")
-  pick = lambda tree: tree[head_path[0]] if len(head_path) == 1 else tree[head_path[0]][
-      head_path[1]]
+  pick = lambda tree: (
+    tree[head_path[0]] if len(head_path) == 1 else tree[head_path[0]][head_path[1]]
+  )
   assert np.abs(pick(with_sg) - pick(without_sg)).max() > 1e-6
 
 
@@ -200,6 +216,7 @@ def test_tokenizer_from_model_directory(tmp_path):
 
 def _copy_checkpoint(directory, tmp_path, edit):
   from safetensors.numpy import load_file, save_file
+
   tensors = load_file(os.path.join(directory, "model.safetensors"))
   edit(tensors)
   tmp_path.mkdir()
@@ -215,16 +232,19 @@ def test_checkpoint_errors_name_the_tensor(tmp_path):
 
   def wrong_shape(t):
     t["transformer.h.1.mlp.c_fc.weight"] = t["transformer.h.1.mlp.c_fc.weight"][:, :-1].copy()
+
   with pytest.raises(ValueError, match=r"h\.1\.mlp\.c_fc\.weight has shape \(32, 127\)"):
     models.from_pretrained(_copy_checkpoint(directory, tmp_path / "a", wrong_shape))
 
   def missing(t):
     del t["transformer.h.0.ln_2.bias"]
+
   with pytest.raises(ValueError, match=r"missing from the checkpoint: \['h\.0\.ln_2\.bias'\]"):
     models.from_pretrained(_copy_checkpoint(directory, tmp_path / "b", missing))
 
   def unknown(t):
     t["transformer.h.0.adapter.weight"] = np.zeros(3, np.float32)
+
   with pytest.raises(ValueError, match=r"unknown tensors.*h\.0\.adapter\.weight"):
     models.from_pretrained(_copy_checkpoint(directory, tmp_path / "c", unknown))
 
@@ -250,7 +270,8 @@ def _hf_flax_layout(state_dict):
   """A torch GPT-2 state dict in the layout of HF's (now removed) Flax GPT-2 checkpoints:
   FlaxConv1D kernels are [out, in], embeddings 'embedding', LayerNorm 'scale'/'bias', the
   untied lm_head a Dense kernel [d, V]."""
-  import flax  # pylint: disable=g-import-not-at-top
+  import flax
+
   flat = {}
   for name, tensor in state_dict.items():
     value = tensor.detach().numpy()
@@ -270,17 +291,21 @@ def _hf_flax_layout(state_dict):
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
 def test_flax_msgpack_checkpoint_loads(tmp_path, name):
-  import flax  # pylint: disable=g-import-not-at-top
+  import flax
+
   hf_model = build_hf_model(name, seed=9)
   hf_model.config.save_pretrained(tmp_path)
-  state = {k: v for k, v in hf_model.state_dict().items()
-           if not (k == "lm_head.weight" and hf_model.config.tie_word_embeddings)}
+  state = {
+    k: v
+    for k, v in hf_model.state_dict().items()
+    if not (k == "lm_head.weight" and hf_model.config.tie_word_embeddings)
+  }
   (tmp_path / "flax_model.msgpack").write_bytes(
-      flax.serialization.msgpack_serialize(_hf_flax_layout(state)))
+    flax.serialization.msgpack_serialize(_hf_flax_layout(state))
+  )
   model, params = models.from_pretrained(str(tmp_path))
   variables = {"params": params}
   ids = random_ids(model.vocab_size, (2, 9), seed=9)
-  np.testing.assert_allclose(model.apply(variables, ids), torch_logits(hf_model, ids),
-                             atol=1e-4, rtol=1e-4)
-
-
+  np.testing.assert_allclose(
+    model.apply(variables, ids), torch_logits(hf_model, ids), atol=1e-4, rtol=1e-4
+  )

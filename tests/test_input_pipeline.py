@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from emo_jax import corpora, input_pipeline
-from emo_jax.tokenizer import load_tokenizer
+from emo_jax.data import corpora, input_pipeline
+from emo_jax.data.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_packing_loses_and_duplicates_nothing(block_size):
   np.testing.assert_array_equal(batch["inputs"].reshape(-1)[real], stream[:-1])
   # Weights are zero only on padding, and padding only ends the last block.
   assert (batch["targets"].reshape(-1)[~real] == -1).all()
-  assert real[:len(stream) - 1].all() and not real[len(stream) - 1:].any()
+  assert real[: len(stream) - 1].all() and not real[len(stream) - 1 :].any()
 
 
 def test_real_text_round_trips_through_blocks(tokenizer, data_dir):
@@ -132,8 +132,10 @@ def test_resume_from_state_replays_exactly(stop_after):
 
 def test_processes_see_disjoint_rows_whose_union_is_the_global_batch():
   whole = input_pipeline.TrainIterator(make_blocks(), 6, seed=4)
-  parts = [input_pipeline.TrainIterator(make_blocks(), 6, seed=4, process_index=p,
-                                        process_count=2) for p in range(2)]
+  parts = [
+    input_pipeline.TrainIterator(make_blocks(), 6, seed=4, process_index=p, process_count=2)
+    for p in range(2)
+  ]
   for _ in range(12):
     global_rows = next(whole)["inputs"]
     local = [next(p)["inputs"] for p in parts]
@@ -152,8 +154,9 @@ def test_eval_batches_cover_every_block_once_and_pad_with_zero_weight():
   np.testing.assert_array_equal(targets, blocks[:, 1:])
   halves = [list(input_pipeline.eval_batches(blocks, 4, p, 2)) for p in range(2)]
   np.testing.assert_array_equal(
-      np.concatenate([np.concatenate([h[b]["targets"] for h in halves]) for b in range(3)]),
-      np.concatenate([b["targets"] for b in batches]))
+    np.concatenate([np.concatenate([h[b]["targets"] for h in halves]) for b in range(3)]),
+    np.concatenate([b["targets"] for b in batches]),
+  )
 
 
 def test_too_few_blocks_for_a_batch_is_an_error():
@@ -170,13 +173,15 @@ def test_local_files_txt_jsonl_csv(tmp_path):
   (tmp_path / "a.train.txt").write_text("first file\n")
   (tmp_path / "b.train.txt").write_text("second file\n")
   assert corpora.read_documents(f"files:{tmp_path}/*.{{split}}.txt", "train") == [
-      "first file\n", "second file\n"]
+    "first file\n",
+    "second file\n",
+  ]
   (tmp_path / "valid.jsonl").write_text('{"body": "one"}\n\n{"body": "two"}\n')
-  assert corpora.read_documents(f"files:{tmp_path}/valid.jsonl", "validation",
-                                text_field="body") == ["one", "two"]
+  assert corpora.read_documents(
+    f"files:{tmp_path}/valid.jsonl", "validation", text_field="body"
+  ) == ["one", "two"]
   (tmp_path / "test.csv").write_text('id,text\n1,"a, quoted"\n2,plain\n')
-  assert corpora.read_documents(f"files:{tmp_path}/{{split}}.csv", "test") == [
-      "a, quoted", "plain"]
+  assert corpora.read_documents(f"files:{tmp_path}/{{split}}.csv", "test") == ["a, quoted", "plain"]
 
 
 def test_local_files_errors(tmp_path):
@@ -199,5 +204,4 @@ def test_wikitext2_raw_carved_splits_the_validation_file_and_keeps_test(data_dir
   validation = corpora.wikitext2_raw_carved("validation", data_dir)
   assert len(train) + len(validation) == len(validation_file) and len(validation) == 6
   assert sorted(train + validation) == sorted(validation_file)
-  assert corpora.wikitext2_raw_carved("test", data_dir) == corpora.wikitext2_raw("test",
-                                                                                 data_dir)
+  assert corpora.wikitext2_raw_carved("test", data_dir) == corpora.wikitext2_raw("test", data_dir)

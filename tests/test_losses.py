@@ -12,13 +12,13 @@ from jax.experimental import checkify
 from jax.test_util import check_grads
 
 from emo_jax import losses
+
 import loss_reference as ref
 
 VOCAB, DIM, BATCH, LENGTH = 13, 5, 3, 7
 
 
-def make_inputs(seed=0, vocab=VOCAB, dim=DIM, shape=(BATCH, LENGTH), dtype=np.float32,
-                scale=2.0):
+def make_inputs(seed=0, vocab=VOCAB, dim=DIM, shape=(BATCH, LENGTH), dtype=np.float32, scale=2.0):
   rng = np.random.default_rng(seed)
   logits = (scale * rng.standard_normal((*shape, vocab))).astype(dtype)
   labels = rng.integers(0, vocab, size=shape).astype(np.int32)
@@ -32,48 +32,56 @@ def exact_emd(source, target, costs):
   row_sums = np.kron(np.eye(vocab), np.ones((1, vocab)))  # Σ_j π_ij = source_i
   col_sums = np.kron(np.ones((1, vocab)), np.eye(vocab))  # Σ_i π_ij = target_j
   result = scipy.optimize.linprog(
-      costs.reshape(-1),
-      A_eq=np.concatenate([row_sums, col_sums]),
-      b_eq=np.concatenate([source, target]),
-      bounds=(0, None),
-      method="highs",
+    costs.reshape(-1),
+    A_eq=np.concatenate([row_sums, col_sums]),
+    b_eq=np.concatenate([source, target]),
+    bounds=(0, None),
+    method="highs",
   )
   assert result.status == 0, result.message
   return result.fun
 
 
 EMO_OPTIONS = [
-    dict(weighting="mle"),
-    dict(weighting="demd"),
-    dict(weighting="mle", max_weight=3.0),
-    dict(weighting="demd", max_weight=3.0),
-    dict(weighting="mle", detach_target_prob=True),
-    dict(weighting="demd", detach_target_prob=True),
-    dict(weighting="mle", max_weight=3.0, detach_target_prob=True),
+  dict(weighting="mle"),
+  dict(weighting="demd"),
+  dict(weighting="mle", max_weight=3.0),
+  dict(weighting="demd", max_weight=3.0),
+  dict(weighting="mle", detach_target_prob=True),
+  dict(weighting="demd", detach_target_prob=True),
+  dict(weighting="mle", max_weight=3.0, detach_target_prob=True),
 ]
 
 
 def all_losses():
   """(name, jax per-token fn(logits, labels, embeddings), float64 reference fn)."""
   cases = [
-      ("cross_entropy",
-       lambda z, t, e, **kw: losses.cross_entropy(z, t, **kw),
-       lambda z, t, e: (ref.terms(z, t)["ce"], ref.terms(z, t)["d_ce"])),
-      ("demd",
-       losses.demd,
-       lambda z, t, e: (ref.terms(z, t, e)["demd"], ref.terms(z, t, e)["d_demd"])),
-      ("mixce",
-       lambda z, t, e, **kw: losses.mixce(z, t, mixing_ratio=0.3, **kw),
-       lambda z, t, e: ref.mixce(z, t, 0.3)),
-      ("tailr",
-       lambda z, t, e, **kw: losses.tailr(z, t, gamma=0.7, **kw),
-       lambda z, t, e: ref.tailr(z, t, 0.7)),
+    (
+      "cross_entropy",
+      lambda z, t, e, **kw: losses.cross_entropy(z, t, **kw),
+      lambda z, t, e: (ref.terms(z, t)["ce"], ref.terms(z, t)["d_ce"]),
+    ),
+    (
+      "demd",
+      losses.demd,
+      lambda z, t, e: (ref.terms(z, t, e)["demd"], ref.terms(z, t, e)["d_demd"]),
+    ),
+    (
+      "mixce",
+      lambda z, t, e, **kw: losses.mixce(z, t, mixing_ratio=0.3, **kw),
+      lambda z, t, e: ref.mixce(z, t, 0.3),
+    ),
+    (
+      "tailr",
+      lambda z, t, e, **kw: losses.tailr(z, t, gamma=0.7, **kw),
+      lambda z, t, e: ref.tailr(z, t, 0.7),
+    ),
   ]
   for options in EMO_OPTIONS:
     name = "emo(" + ",".join(f"{k}={v}" for k, v in options.items()) + ")"
-    cases.append((name,
-                  functools.partial(losses.emo, **options),
-                  functools.partial(ref.emo, **options)))
+    cases.append(
+      (name, functools.partial(losses.emo, **options), functools.partial(ref.emo, **options))
+    )
   return cases
 
 
@@ -95,8 +103,7 @@ def test_demd_equals_exact_emd_for_one_hot_targets(seed, vocab, dim):
   values = losses.demd(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(embeddings))
   for i in range(3):
     target = np.eye(vocab)[labels[i]]
-    np.testing.assert_allclose(values[i], exact_emd(probs[i], target, costs),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values[i], exact_emd(probs[i], target, costs), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -107,13 +114,13 @@ def test_soft_demd_upper_bounds_exact_emd(seed, vocab, dim):
   soft_targets = rng.dirichlet(np.full(vocab, 0.5), size=3).astype(np.float32)
   costs = ref.cost_matrix(embeddings.astype(np.float64))
   probs = ref.softmax(logits.astype(np.float64))
-  bounds = losses.soft_demd(jnp.asarray(logits), jnp.asarray(soft_targets),
-                            jnp.asarray(embeddings))
+  bounds = losses.soft_demd(jnp.asarray(logits), jnp.asarray(soft_targets), jnp.asarray(embeddings))
   # The bound is the cost of the independent coupling p τᵀ (a NumPy check of the formula).
   independent = np.einsum("ni,ij,nj->n", probs, costs, soft_targets.astype(np.float64))
   np.testing.assert_allclose(bounds, independent, rtol=1e-5, atol=1e-6)
-  gaps = [bounds[i] - exact_emd(probs[i], soft_targets[i].astype(np.float64), costs)
-          for i in range(3)]
+  gaps = [
+    bounds[i] - exact_emd(probs[i], soft_targets[i].astype(np.float64), costs) for i in range(3)
+  ]
   assert min(gaps) >= -1e-6, gaps
   assert max(gaps) > 1e-4, "a random soft target should leave a visible gap"
 
@@ -121,8 +128,12 @@ def test_soft_demd_upper_bounds_exact_emd(seed, vocab, dim):
 def test_soft_demd_with_one_hot_target_equals_demd():
   logits, labels, embeddings = make_inputs(1)
   one_hot = jax.nn.one_hot(labels, VOCAB)
-  np.testing.assert_allclose(losses.soft_demd(logits, one_hot, embeddings),
-                             losses.demd(logits, labels, embeddings), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    losses.soft_demd(logits, one_hot, embeddings),
+    losses.demd(logits, labels, embeddings),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -136,12 +147,13 @@ def test_smooth_terms_pass_finite_difference_checks(name):
     logits, labels, embeddings = make_inputs(2, dtype=np.float64, shape=(2, 3))
     soft = jax.nn.softmax(jnp.asarray(np.random.default_rng(0).standard_normal(logits.shape)))
     fns = {
-        "cross_entropy": lambda z: losses.cross_entropy(z, labels),
-        "demd": lambda z: losses.demd(z, labels, embeddings),
-        "soft_demd": lambda z: losses.soft_demd(z, soft, embeddings),
+      "cross_entropy": lambda z: losses.cross_entropy(z, labels),
+      "demd": lambda z: losses.demd(z, labels, embeddings),
+      "soft_demd": lambda z: losses.soft_demd(z, soft, embeddings),
     }
-    check_grads(fns[name], (jnp.asarray(logits),), order=2, modes=("fwd", "rev"),
-                atol=1e-6, rtol=1e-6)
+    check_grads(
+      fns[name], (jnp.asarray(logits),), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_demd_gradient_matches_closed_form():
@@ -158,12 +170,13 @@ def test_value_and_gradient_match_numpy_transcription(name, loss_fn, reference, 
   dtype = np.float64 if x64 else np.float32
   with jax.enable_x64(x64):
     logits, labels, embeddings = make_inputs(4, dtype=dtype)
-    value, grad = jax.value_and_grad(
-        lambda z: loss_fn(z, labels, embeddings).sum())(jnp.asarray(logits))
+    value, grad = jax.value_and_grad(lambda z: loss_fn(z, labels, embeddings).sum())(
+      jnp.asarray(logits)
+    )
     per_token = loss_fn(jnp.asarray(logits), labels, embeddings)
   expected_value, expected_grad = reference(
-      logits.reshape(-1, VOCAB).astype(np.float64), labels.reshape(-1),
-      embeddings.astype(np.float64))
+    logits.reshape(-1, VOCAB).astype(np.float64), labels.reshape(-1), embeddings.astype(np.float64)
+  )
   tolerance = dict(rtol=1e-9, atol=1e-12) if x64 else dict(rtol=2e-5, atol=1e-6)
   assert per_token.shape == labels.shape
   np.testing.assert_allclose(per_token.reshape(-1), expected_value, **tolerance)
@@ -187,11 +200,11 @@ def test_the_two_weightings_differ_only_by_a_per_token_factor():
   # (experiments/RESULTS.md reads the study's result with this).
   logits, labels, embeddings = make_inputs(7)
   t = ref.terms(logits.reshape(-1, VOCAB), labels.reshape(-1), embeddings)
-  grad = lambda weighting: jax.grad(lambda z: losses.emo(
-      z, labels, embeddings, weighting=weighting).sum())(logits).reshape(-1, VOCAB)
+  grad = lambda weighting: jax.grad(
+    lambda z: losses.emo(z, labels, embeddings, weighting=weighting).sum()
+  )(logits).reshape(-1, VOCAB)
   factor = 2.0 * t["demd"] / t["ce"]  # [N]: (DEMD/CE) / ½
-  np.testing.assert_allclose(grad("demd"), factor[:, None] * grad("mle"), rtol=2e-4,
-                             atol=1e-6)
+  np.testing.assert_allclose(grad("demd"), factor[:, None] * grad("mle"), rtol=2e-4, atol=1e-6)
   assert factor.max() / factor.min() > 2  # Not a global rescaling: a per-token reweighting.
 
 
@@ -200,12 +213,18 @@ def test_detach_target_prob_changes_value_not_demd_gradient():
   t = ref.terms(logits.reshape(-1, VOCAB), labels.reshape(-1), embeddings)
   # With max_weight tiny, the weight saturates: loss = w·CE + DEMD' with a constant w.
   plain = lambda z: losses.emo(z, labels, embeddings, weighting="demd", max_weight=1e-9)
-  detached = lambda z: losses.emo(z, labels, embeddings, weighting="demd", max_weight=1e-9,
-                                  detach_target_prob=True)
-  np.testing.assert_allclose((detached(logits) - plain(logits)).reshape(-1), t["p_t"],
-                             rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(jax.grad(lambda z: detached(z).sum())(logits),
-                             jax.grad(lambda z: plain(z).sum())(logits), rtol=1e-5, atol=1e-7)
+  detached = lambda z: losses.emo(
+    z, labels, embeddings, weighting="demd", max_weight=1e-9, detach_target_prob=True
+  )
+  np.testing.assert_allclose(
+    (detached(logits) - plain(logits)).reshape(-1), t["p_t"], rtol=1e-5, atol=1e-7
+  )
+  np.testing.assert_allclose(
+    jax.grad(lambda z: detached(z).sum())(logits),
+    jax.grad(lambda z: plain(z).sum())(logits),
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_max_weight_clamps_the_ratio():
@@ -243,15 +262,17 @@ def test_masked_positions_equal_slicing_them_out(name, loss_fn, reference, mask_
   grad_masked = jax.grad(lambda z: masked(z).sum())(logits)
   grad_sliced = jax.grad(lambda z: sliced(z).sum())(logits)
   np.testing.assert_array_equal(np.asarray(grad_masked)[~keep], 0.0)
-  np.testing.assert_allclose(np.asarray(grad_masked)[keep], np.asarray(grad_sliced)[keep],
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(grad_masked)[keep], np.asarray(grad_sliced)[keep], rtol=1e-5, atol=1e-7
+  )
 
 
 @pytest.mark.parametrize("name,loss_fn,reference", LOSS_CASES, ids=LOSS_IDS)
 def test_fully_masked_batch_is_zero_with_finite_gradients(name, loss_fn, reference):
   logits, labels, embeddings = make_inputs(9)
   objective = lambda z: losses.masked_mean(
-      loss_fn(z, jnp.full_like(labels, -100), embeddings), labels >= 10**6)
+    loss_fn(z, jnp.full_like(labels, -100), embeddings), labels >= 10**6
+  )
   value, grad = jax.value_and_grad(objective)(logits)
   assert value == 0.0
   np.testing.assert_array_equal(grad, 0.0)
@@ -259,10 +280,10 @@ def test_fully_masked_batch_is_zero_with_finite_gradients(name, loss_fn, referen
 
 def test_masked_mean_is_sum_over_count():
   values = jnp.array([1.0, 2.0, 4.0, jnp.nan])
-  np.testing.assert_allclose(losses.masked_mean(values, jnp.array([True, False, True, False])),
-                             2.5)
-  np.testing.assert_allclose(losses.masked_mean(values, jnp.array([1.0, 1.0, 2.0, 0.0])),
-                             11.0 / 4.0)
+  np.testing.assert_allclose(losses.masked_mean(values, jnp.array([True, False, True, False])), 2.5)
+  np.testing.assert_allclose(
+    losses.masked_mean(values, jnp.array([1.0, 1.0, 2.0, 0.0])), 11.0 / 4.0
+  )
   assert losses.masked_mean(values, jnp.zeros(4, bool)) == 0.0
 
 
@@ -279,9 +300,11 @@ def test_bfloat16_logits_give_float32_results(name, loss_fn, reference):
   assert result.dtype == jnp.float32
   # Casting bfloat16 -> float32 is exact, so the arithmetic itself must be float32 ...
   np.testing.assert_allclose(
-      result, loss_fn(low.astype(jnp.float32), labels,
-                      embeddings.astype(jnp.bfloat16).astype(jnp.float32)),
-      rtol=1e-6, atol=1e-6)
+    result,
+    loss_fn(low.astype(jnp.float32), labels, embeddings.astype(jnp.bfloat16).astype(jnp.float32)),
+    rtol=1e-6,
+    atol=1e-6,
+  )
   # ... and only the inputs' rounding (8 mantissa bits, |logits| <= ~8) separates it from
   # the float32-input result.
   np.testing.assert_allclose(result, loss_fn(logits, labels, embeddings), rtol=0.05, atol=0.05)
@@ -368,4 +391,5 @@ def test_checked_wrapper_raises_inside_jit():
     losses.checked(losses.mixce)(jnp.asarray(logits).at[0, 0, 0].set(jnp.nan), labels % VOCAB, 0.5)
   good = losses.checked(losses.emo)(logits, labels % VOCAB, embeddings, weighting="demd")
   np.testing.assert_allclose(
-      good, losses.emo(logits, labels % VOCAB, embeddings, weighting="demd"), rtol=1e-6)
+    good, losses.emo(logits, labels % VOCAB, embeddings, weighting="demd"), rtol=1e-6
+  )

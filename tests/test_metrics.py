@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emo_jax import losses, metrics, prompts
+from emo_jax import losses
+from emo_jax.evaluation import featurizers, prompts, text_metrics, token_metrics
 from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
 
@@ -23,80 +24,87 @@ def test_perplexity_is_exp_of_the_token_weighted_mean_ce(tiny):
   weights = np.ones((3, 10), np.float32)
   weights[2, 6:] = 0  # Padding is excluded.
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
-  out = metrics.eval_step(params, batch, model=model)
+  out = token_metrics.eval_step(params, batch, model=model)
   logits = model.apply({"params": params}, tokens[:, :-1])
-  expected = np.exp(float(losses.masked_mean(losses.cross_entropy(logits, tokens[:, 1:]),
-                                             weights)))
-  assert metrics.perplexity_from_sums(float(out["ce_sum"]), float(out["count"])) == (
-      pytest.approx(expected, rel=1e-5))
+  expected = np.exp(float(losses.masked_mean(losses.cross_entropy(logits, tokens[:, 1:]), weights)))
+  assert token_metrics.perplexity_from_sums(float(out["ce_sum"]), float(out["count"])) == (
+    pytest.approx(expected, rel=1e-5)
+  )
   with pytest.raises(ValueError, match="empty split"):
-    metrics.perplexity_from_sums(0.0, 0.0)
+    token_metrics.perplexity_from_sums(0.0, 0.0)
 
 
-@pytest.mark.parametrize("sequences, n, expected", [
-    ([["a", "b", "a", "b"]], 2, 1 / 3),        # ab, ba, ab: 2 unique of 3.
+@pytest.mark.parametrize(
+  "sequences, n, expected",
+  [
+    ([["a", "b", "a", "b"]], 2, 1 / 3),  # ab, ba, ab: 2 unique of 3.
     ([["a", "a", "a", "a"]], 1, 3 / 4),
     ([["a", "b", "c"], ["x", "x"]], 1, 0.25),  # Mean of 0 and 1/2.
-    ([[1, 2, 3, 1, 2, 3]], 3, 1 / 4),           # 4 trigrams, 3 unique.
-])
+    ([[1, 2, 3, 1, 2, 3]], 3, 1 / 4),  # 4 trigrams, 3 unique.
+  ],
+)
 def test_repetition_by_hand(sequences, n, expected):
-  assert metrics.repetition(sequences, n) == pytest.approx(expected)
+  assert text_metrics.repetition(sequences, n) == pytest.approx(expected)
 
 
 def test_repetition_without_long_enough_sequences_is_an_error():
   with pytest.raises(ValueError, match="2 or more"):
-    metrics.repetition([["a"]], 2)
+    text_metrics.repetition([["a"]], 2)
 
 
 def test_rouge_by_hand():
-  assert metrics.rouge(["the cat sat"], ["the cat sat"]) == pytest.approx(
-      {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
+  assert text_metrics.rouge(["the cat sat"], ["the cat sat"]) == pytest.approx(
+    {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+  )
   # "the cat" vs "the dog": one shared unigram of two each -> P = R = F1 = 1/2; no bigram.
-  scores = metrics.rouge(["the cat"], ["the dog"])
+  scores = text_metrics.rouge(["the cat"], ["the dog"])
   assert scores["rouge1"] == pytest.approx(0.5) and scores["rouge2"] == 0.0
   with pytest.raises(ValueError, match="pairs"):
-    metrics.rouge(["a"], [])
+    text_metrics.rouge(["a"], [])
 
 
 def test_distribution_measures_by_hand():
   p, q = np.array([0.5, 0.5]), np.array([0.25, 0.75])
-  out = metrics.distribution_measures(jnp.log(jnp.asarray([p])), jnp.log(jnp.asarray([q])))
+  out = token_metrics.distribution_measures(jnp.log(jnp.asarray([p])), jnp.log(jnp.asarray([q])))
   assert out["tvd"] == pytest.approx(0.25, rel=1e-5)
   assert out["reverse_kl"] == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(2 / 3), rel=1e-5)
   assert out["forward_ce"] == pytest.approx(np.log(2), rel=1e-5)  # -Σ q log p, p uniform.
-  assert out["reverse_ce"] == pytest.approx(-0.5 * np.log(0.25) - 0.5 * np.log(0.75),
-                                            rel=1e-5)
+  assert out["reverse_ce"] == pytest.approx(-0.5 * np.log(0.25) - 0.5 * np.log(0.75), rel=1e-5)
   # Weights: a second, different position with weight 0 changes nothing.
-  two = metrics.distribution_measures(jnp.log(jnp.asarray([p, q])),
-                                      jnp.log(jnp.asarray([q, q])), jnp.asarray([1.0, 0.0]))
+  two = token_metrics.distribution_measures(
+    jnp.log(jnp.asarray([p, q])), jnp.log(jnp.asarray([q, q])), jnp.asarray([1.0, 0.0])
+  )
   assert two["tvd"] == pytest.approx(0.25, rel=1e-5)
   with pytest.raises(ValueError, match="differ in shape"):
-    metrics.distribution_measures(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
+    token_metrics.distribution_measures(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
 
 
 def test_continuation_ce_scores_only_the_continuation(tiny):
   model, params = tiny
   prompt_list, continuation_list = [[1, 2, 3], [4]], [[5, 6], [7, 8, 9]]
-  ce_sum, count = metrics.continuation_ce_sums(model, params, prompt_list, continuation_list,
-                                               batch_size=4)
+  ce_sum, count = token_metrics.continuation_ce_sums(
+    model, params, prompt_list, continuation_list, batch_size=4
+  )
   expected = 0.0
   for prompt, continuation in zip(prompt_list, continuation_list):
     tokens = prompt + continuation
     log_probs = jax.nn.log_softmax(model.apply({"params": params}, jnp.asarray([tokens]))[0])
-    expected -= sum(float(log_probs[i - 1, tokens[i]]) for i in range(len(prompt),
-                                                                        len(tokens)))
+    expected -= sum(float(log_probs[i - 1, tokens[i]]) for i in range(len(prompt), len(tokens)))
   assert count == 5
   assert ce_sum == pytest.approx(expected, rel=1e-5)
 
 
 def test_gpt2_featurizer_matches_mauve_text_recipe_on_transformers(tmp_path):
   """Last-token final hidden state, as mauve-text computes it with transformers."""
-  import torch, transformers  # pylint: disable=g-import-not-at-top
+  import torch
+  import transformers
+
   torch.manual_seed(0)
-  hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+  hf = transformers.GPT2LMHeadModel(
+    transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+  ).eval()
   hf.save_pretrained(str(tmp_path))
-  featurizer = metrics.ModelFeaturizer(str(tmp_path), batch_size=2)
+  featurizer = featurizers.ModelFeaturizer(str(tmp_path), batch_size=2)
   texts = ["Hello world, this is a test.", "Short.", "A third text of a different length"]
   features = featurizer(texts)
   for text, feature in zip(texts, features):
@@ -117,11 +125,11 @@ def test_mauve_is_high_within_a_corpus_and_low_across_corpora(data_dir):
   news = prompts.load_prompts("ag_news", "test", 200, manual_dir=data_dir)
   order = np.random.default_rng(0).permutation(len(wiki))[:400]
   texts = [f"{wiki[i].prefix} {wiki[i].continuation}" for i in order]
-  featurizer = metrics.make_featurizer("minilm")
+  featurizer = featurizers.make_featurizer("minilm")
   wiki_features = featurizer(texts)
   news_features = featurizer([f"{p.prefix} {p.continuation}" for p in news])
-  same = metrics.mauve(wiki_features[:200], wiki_features[200:], runs=2)
-  different = metrics.mauve(wiki_features[:200], news_features, runs=2)
+  same = text_metrics.mauve(wiki_features[:200], wiki_features[200:], runs=2)
+  different = text_metrics.mauve(wiki_features[:200], news_features, runs=2)
   assert same["mean"] > 0.9, same
   assert different["mean"] < 0.3, different
   assert same["n_human"] == same["n_model"] == 200 and len(same["runs"]) == 2
@@ -129,12 +137,12 @@ def test_mauve_is_high_within_a_corpus_and_low_across_corpora(data_dir):
 
 def test_mauve_of_identical_feature_sets_is_one():
   features = np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32)
-  out = metrics.mauve(features, features.copy(), runs=2)
+  out = text_metrics.mauve(features, features.copy(), runs=2)
   assert out["mean"] == pytest.approx(1.0, abs=1e-6) and out["std"] == pytest.approx(0.0)
 
 
 def test_memoized_featurizer_computes_each_text_list_once_and_changes_no_number():
-  minilm = metrics.make_featurizer("minilm")
+  minilm = featurizers.make_featurizer("minilm")
   calls = []
 
   class Counting:
@@ -144,7 +152,7 @@ def test_memoized_featurizer_computes_each_text_list_once_and_changes_no_number(
       calls.append(list(texts))
       return minilm(texts)
 
-  memoized = metrics.MemoizedFeaturizer(Counting())
+  memoized = featurizers.MemoizedFeaturizer(Counting())
   humans = ["The cat sat on the mat.", "Rain fell all day.", "Markets rose on Tuesday."]
   model = ["The dog sat on the rug.", "It rained.", "Stocks fell."]
   first = memoized(humans)
@@ -161,8 +169,10 @@ def test_memoized_featurizer_computes_each_text_list_once_and_changes_no_number(
 
 
 def test_unknown_featurizer_is_an_error():
-  with pytest.raises(ValueError, match="must be 'minilm', an HF model directory, a .gguf file or a packaged"):
-    metrics.make_featurizer("/no/such/dir")
+  with pytest.raises(
+    ValueError, match="must be 'minilm', an HF model directory, a .gguf file or a packaged"
+  ):
+    featurizers.make_featurizer("/no/such/dir")
 
 
 # ----------------------------------------------------------------------------------------

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 
 from emo_jax import cost_embeddings as cost_lib
-from emo_jax import fused_losses
-from emo_jax import losses
-from emo_jax import models
-from emo_jax import sampling
+from emo_jax import fused_losses, losses, models, sampling
 from emo_jax.models import layers
 
 FAMILIES = ["gpt2", "llama"]
@@ -31,8 +28,9 @@ def family_model(request):
   params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   # Non-trivial norms so that no parameter hides behind a 1 or a 0.
   params = jax.tree.map(
-      lambda p: p + 0.1 * jax.random.normal(jax.random.key(p.size), p.shape) if p.ndim == 1
-      else p, params)
+    lambda p: p + 0.1 * jax.random.normal(jax.random.key(p.size), p.shape) if p.ndim == 1 else p,
+    params,
+  )
   return model, params
 
 
@@ -56,37 +54,54 @@ def test_kv_cache_decoding_equals_full_forward(family_model):
   ids = random_ids((2, 14), seed=5)
   full = model.apply({"params": params}, ids)  # [B, T, V]
   cache = model.init(jax.random.key(0), jnp.zeros((2, 20), jnp.int32), decode=True)["cache"]
-  decode = jax.jit(lambda cache, ids, positions: model.apply(
-      {"params": params, "cache": cache}, ids, position_ids=positions, decode=True,
-      mutable=["cache"]))
+  decode = jax.jit(
+    lambda cache, ids, positions: model.apply(
+      {"params": params, "cache": cache},
+      ids,
+      position_ids=positions,
+      decode=True,
+      mutable=["cache"],
+    )
+  )
   prefill = 5
   positions = np.broadcast_to(np.arange(14), (2, 14))
   logits, state = decode(cache, ids[:, :prefill], positions[:, :prefill])
   steps = [logits]
   for t in range(prefill, 14):
-    logits, state = decode(state["cache"], ids[:, t:t + 1], positions[:, t:t + 1])
+    logits, state = decode(state["cache"], ids[:, t : t + 1], positions[:, t : t + 1])
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_llama_cache_holds_only_the_key_value_heads():
   model = tiny("llama")
-  cache = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((3, 20), jnp.int32),
-                                            decode=True)["cache"])
+  cache = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((3, 20), jnp.int32), decode=True)["cache"]
+  )
   config = model.config
   assert config.kv_heads < config.num_attention_heads  # The tiny preset is GQA.
-  assert cache["layers_0"]["self_attn"]["cached_key"].shape == (3, 20, config.kv_heads,
-                                                                config.head_width)
+  assert cache["layers_0"]["self_attn"]["cached_key"].shape == (
+    3,
+    20,
+    config.kv_heads,
+    config.head_width,
+  )
 
 
 def test_left_padded_prompt_samples_like_the_unpadded_one(family_model):
   model, params = family_model
   prompt = list(random_ids((6,), seed=11))
-  alone = sampling.sample(model, params, *sampling.left_pad([prompt]), jax.random.key(3),
-                          max_new_tokens=5, greedy=True)
-  padded = sampling.sample(model, params, *sampling.left_pad([prompt, prompt[:2]], pad_id=7,
-                                                             length=9),
-                           jax.random.key(3), max_new_tokens=5, greedy=True)
+  alone = sampling.sample(
+    model, params, *sampling.left_pad([prompt]), jax.random.key(3), max_new_tokens=5, greedy=True
+  )
+  padded = sampling.sample(
+    model,
+    params,
+    *sampling.left_pad([prompt, prompt[:2]], pad_id=7, length=9),
+    jax.random.key(3),
+    max_new_tokens=5,
+    greedy=True,
+  )
   np.testing.assert_array_equal(padded[0], alone[0])
 
 
@@ -94,8 +109,7 @@ def test_every_parameter_has_logical_axis_names(family_model):
   model, _ = family_model
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   boxes = jax.tree.leaves(abstract["params"], is_leaf=lambda x: hasattr(x, "names"))
-  assert boxes and all(hasattr(box, "names") and len(box.names) == box.value.ndim
-                       for box in boxes)
+  assert boxes and all(hasattr(box, "names") and len(box.names) == box.value.ndim for box in boxes)
   known = {"vocab", "embed", "mlp", "qkv", "positions", "norm"}
   assert {name for box in boxes for name in box.names} <= known
 
@@ -105,8 +119,13 @@ def test_remat_changes_memory_not_results(family):
   plain, remat = tiny(family), tiny(family, remat=True)
   ids = random_ids((2, 8), seed=10)
   params = plain.init(jax.random.key(0), ids)["params"]
-  loss = lambda model: jax.jit(jax.value_and_grad(lambda p: losses.masked_mean(
-      losses.cross_entropy(model.apply({"params": p}, ids)[:, :-1], ids[:, 1:]))))(params)
+  loss = lambda model: jax.jit(
+    jax.value_and_grad(
+      lambda p: losses.masked_mean(
+        losses.cross_entropy(model.apply({"params": p}, ids)[:, :-1], ids[:, 1:])
+      )
+    )
+  )(params)
   (value_plain, grads_plain), (value_remat, grads_remat) = loss(plain), loss(remat)
   np.testing.assert_allclose(value_remat, value_plain, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads_plain)):
@@ -115,6 +134,7 @@ def test_remat_changes_memory_not_results(family):
   def checkpoint_count(model):
     jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids).sum())(params)
     return str(jaxpr).count("remat2[")  # The jaxpr name of jax.checkpoint regions.
+
   assert checkpoint_count(plain) == 0
   assert checkpoint_count(remat) == 2  # One rematerialised region per block of the preset.
 
@@ -129,8 +149,7 @@ def test_fused_emo_on_the_bias_free_llama_head_equals_the_reference():
   model = tiny("llama", tie_word_embeddings=False)
   ids = random_ids((2, 9), seed=12)
   params = nn.meta.unbox(model.init(jax.random.key(1), ids)["params"])
-  cost = cost_lib.make_cost_collection(model, params, cost_lib.FROZEN_HEAD)["cost"][
-      "embeddings"]
+  cost = cost_lib.make_cost_collection(model, params, cost_lib.FROZEN_HEAD)["cost"]["embeddings"]
   targets, weights = ids[:, 1:], np.ones((2, 8), np.float32)
 
   def fused(params):

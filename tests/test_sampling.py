@@ -11,6 +11,7 @@ from scipy import stats
 
 from emo_jax import sampling
 from emo_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
 from fake_devices import run_with_devices
 
 VOCAB = 37
@@ -39,15 +40,16 @@ def full_forward_logits(model, params, tokens):
   forward pass once for every length.
   """
   padded = np.zeros((1, model.max_length), np.int32)
-  padded[0, :len(tokens)] = tokens
+  padded[0, : len(tokens)] = tokens
   return _full_forward(model, params, padded)[0, len(tokens) - 1]
 
 
 def test_greedy_equals_stepwise_argmax_of_the_full_forward_pass(tiny):
   model, params = tiny
   ids, mask = sampling.left_pad(PROMPTS)
-  out = np.asarray(sampling.sample(model, params, ids, mask, jax.random.key(0),
-                                   max_new_tokens=6, greedy=True))
+  out = np.asarray(
+    sampling.sample(model, params, ids, mask, jax.random.key(0), max_new_tokens=6, greedy=True)
+  )
   for prompt, generated in zip(PROMPTS, out):
     tokens = list(prompt)
     for token in generated:
@@ -60,8 +62,9 @@ def test_greedy_equals_stepwise_argmax_of_the_full_forward_pass(tiny):
 def test_top_k_never_emits_a_token_outside_the_top_k(tiny, top_k):
   model, params = tiny
   ids, mask = sampling.left_pad(PROMPTS * 4)
-  out = np.asarray(sampling.sample(model, params, ids, mask, jax.random.key(1),
-                                   max_new_tokens=5, top_k=top_k))
+  out = np.asarray(
+    sampling.sample(model, params, ids, mask, jax.random.key(1), max_new_tokens=5, top_k=top_k)
+  )
   for prompt, generated in zip(PROMPTS * 4, out):
     tokens = list(prompt)
     for token in generated:
@@ -99,8 +102,14 @@ def test_same_seed_same_samples_and_rows_independent_of_batching(tiny):
   model, params = tiny
   prompts = PROMPTS * 3
   run = lambda seed, batch_size: sampling.generate(
-      model, params, prompts, jax.random.key(seed), max_new_tokens=6,
-      batch_size=batch_size, progress=False)
+    model,
+    params,
+    prompts,
+    jax.random.key(seed),
+    max_new_tokens=6,
+    batch_size=batch_size,
+    progress=False,
+  )
   first = run(0, 3)
   assert first == run(0, 3)
   assert first == run(0, 4)  # Row keys fold in the global row index.
@@ -128,15 +137,16 @@ def test_generation_sharded_over_eight_devices_equals_one_device():
 def test_eos_stops_a_row_and_pads_with_eos(tiny):
   model, params = tiny
   ids, mask = sampling.left_pad(PROMPTS * 8)
-  out = np.asarray(sampling.sample(model, params, ids, mask, jax.random.key(3),
-                                   max_new_tokens=12, eos_id=4))
+  out = np.asarray(
+    sampling.sample(model, params, ids, mask, jax.random.key(3), max_new_tokens=12, eos_id=4)
+  )
   stopped = 0
   for row in out:
     row = row.tolist()
     if 4 in row:
       stopped += 1
-      assert all(t == 4 for t in row[row.index(4):])
-      assert sampling.trim_at_eos(row, 4) == row[:row.index(4)]
+      assert all(t == 4 for t in row[row.index(4) :])
+      assert sampling.trim_at_eos(row, 4) == row[: row.index(4)]
   assert stopped > 0  # With 24 rows x 12 steps over 37 tokens some row hits id 4.
 
 
@@ -147,8 +157,9 @@ def _chi_square_p_value(counts, probs):
   observed = np.append(counts[~small], counts[small].sum())
   expected = np.append(expected[~small], expected[small].sum())
   keep = expected > 0
-  return stats.chisquare(observed[keep],
-                         expected[keep] * observed[keep].sum() / expected[keep].sum())[1]
+  return stats.chisquare(
+    observed[keep], expected[keep] * observed[keep].sum() / expected[keep].sum()
+  )[1]
 
 
 def test_sampling_frequencies_match_the_softmax(tiny):
@@ -156,8 +167,9 @@ def test_sampling_frequencies_match_the_softmax(tiny):
   model, params = tiny
   prompt = [5, 9, 2]
   ids, mask = sampling.left_pad([prompt] * 8000)
-  tokens = np.asarray(sampling.sample(model, params, ids, mask, jax.random.key(4),
-                                      max_new_tokens=1))[:, 0]
+  tokens = np.asarray(
+    sampling.sample(model, params, ids, mask, jax.random.key(4), max_new_tokens=1)
+  )[:, 0]
   counts = np.bincount(tokens, minlength=VOCAB)
   logits = full_forward_logits(model, params, prompt)
   probs = np.asarray(jax.nn.softmax(logits), np.float64)

@@ -17,32 +17,33 @@ import optax
 import pytest
 
 from emo_jax import checkpointing, models, sharding, train
+
 from fake_devices import run_with_devices
 from test_checkpointing import damage_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A fast configuration for subprocess runs of main.py: tiny model, few steps, warm-up
-# switching to EMO halfway, evaluation and checkpoints every few steps.
-TINY_OVERRIDES = [
-    "--config.model.max_length=32", "--config.data.block_size=16",
-    "--config.data.max_eval_blocks=8", "--config.train.batch_size=4",
-    "--config.train.num_steps=12", "--config.train.log_every=1",
-    "--config.train.eval_every=4", "--config.train.save_every=4",
-    "--config.loss.mle_warmup_steps=4", "--config.loss.chunk_size=32",
-    "--config.optim.warmup_steps=2", "--config.train.num_samples=1",
-    "--config.train.sample_tokens=4",
-]
+# Subprocess runs of main.py use the default config at smoke size (configs/default.py):
+# tiny model, 12 steps, warm-up switching to EMO at step 4, evaluation and checkpoints every
+# 4 steps.
+SMOKE_CONFIG = os.path.join(REPO, "configs", "default.py") + ":smoke"
 
 
 def run_main(workdir, *extra, wait=True):
-  command = [sys.executable, os.path.join(REPO, "main.py"),
-             "--config", os.path.join(REPO, "configs", "default.py"),
-             "--workdir", str(workdir), *TINY_OVERRIDES, *extra]
+  command = [
+    sys.executable,
+    os.path.join(REPO, "main.py"),
+    "--config",
+    SMOKE_CONFIG,
+    "--workdir",
+    str(workdir),
+    *extra,
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   if not wait:
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+      command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
   result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
   return result
 
@@ -63,10 +64,16 @@ def losses_by_step(workdir):
 
 @pytest.mark.slow
 def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
-  result = run_main(tmp_path)
+  result = run_main(tmp_path, "--config.train.tensorboard=True")
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  for name in ("config.json", "metrics.jsonl", "curves.png", "results.json",
-               "hf_export/config.json", "hf_export/model.safetensors"):
+  for name in (
+    "config.json",
+    "metrics.jsonl",
+    "curves.png",
+    "results.json",
+    "hf_export/config.json",
+    "hf_export/model.safetensors",
+  ):
     assert os.path.exists(tmp_path / name), name
   assert os.listdir(tmp_path / "checkpoints") and os.listdir(tmp_path / "best")
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
@@ -77,20 +84,33 @@ def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
   assert any("train/demd" in r for r in records if r["step"] > 4)  # EMO after warm-up.
   assert not any("train/demd" in r for r in records if r["step"] <= 4)
   # The exported directory is a transformers checkpoint with the trained weights.
-  import torch, transformers  # pylint: disable=g-import-not-at-top
+  import torch
+  import transformers
+
   hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf_export")).eval()
   assert hf.config.vocab_size == 50257
   assert torch.isfinite(hf(torch.zeros((1, 4), dtype=torch.long)).logits).all()
 
   # --mode eval on the workdir: the best checkpoint, same blocks -> the trainer's perplexity.
   evaluation = subprocess.run(
-      [sys.executable, os.path.join(REPO, "main.py"), "--mode", "eval",
-       "--config", os.path.join(REPO, "configs", "default.py"), "--workdir", str(tmp_path),
-       *TINY_OVERRIDES, "--config.eval.split=validation", "--config.eval.max_blocks=8",
-       "--config.eval.num_prompts=8", "--config.eval.batch_size=4",
-       "--config.eval.max_new_tokens=8", "--config.eval.mauve_runs=1",
-       f"--config.eval.featurizer={tmp_path / 'hf_export'}"],
-      env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      os.path.join(REPO, "main.py"),
+      "--mode",
+      "eval",
+      "--config",
+      SMOKE_CONFIG,
+      "--workdir",
+      str(tmp_path),
+      "--config.eval.split=validation",
+      "--config.eval.mauve_runs=1",
+      f"--config.eval.featurizer={tmp_path / 'hf_export'}",
+    ],
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   evaluated = json.load(open(tmp_path / "eval.json"))
   best = json.load(open(tmp_path / "best_metric.json"))
@@ -100,8 +120,12 @@ def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
 
 
 # Long enough (60 steps, a checkpoint every 4) that a signal lands mid-run.
-LONGER = ("--config.train.num_steps=60", "--config.train.eval_every=20",
-          "--config.loss.mle_warmup_steps=10", "--config.train.num_samples=0")
+LONGER = (
+  "--config.train.num_steps=60",
+  "--config.train.eval_every=20",
+  "--config.loss.mle_warmup_steps=10",
+  "--config.train.num_samples=0",
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +156,9 @@ def interrupt_at_step(workdir, sig, step):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, uninterrupted_workdir,
-                                                                uninterrupted_losses):
+def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(
+  tmp_path, uninterrupted_workdir, uninterrupted_losses
+):
   _, _ = interrupt_at_step(tmp_path, signal.SIGKILL, 25)  # No chance to clean up or save.
   partial = losses_by_step(tmp_path)
   assert 25 <= max(partial) < 60, "the run was not killed mid-run"
@@ -192,8 +217,9 @@ def _kill_mid_save_or_at_random(workdir, rng, extra, timeout=120):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_nothing(tmp_path, uninterrupted_workdir,
-                                                 uninterrupted_losses):
+def test_sigkill_at_random_moments_loses_nothing(
+  tmp_path, uninterrupted_workdir, uninterrupted_losses
+):
   """Fault-injection soak: killed three times (some mid-save, every 2 steps a checkpoint) and
   restarted each time, the run ends with the uninterrupted run's losses and parameters, and no
   restart ever meets a damaged checkpoint."""
@@ -255,8 +281,9 @@ def test_missing_hf_directory_and_block_size_errors(tmp_path):
   assert result.returncode != 0 and "no model directory" in result.stderr
   result = run_main(tmp_path, "--config.data.block_size=64")
   assert result.returncode != 0 and (
-      "config value data.block_size=64 is invalid: it must be at most model.max_length (32)"
-      in result.stderr)
+    "config value data.block_size=64 is invalid: it must be at most model.max_length (32)"
+    in result.stderr
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -264,30 +291,55 @@ def test_missing_hf_directory_and_block_size_errors(tmp_path):
 # ----------------------------------------------------------------------------------------
 
 
-def tiny_setup(loss_name="emo", fused=True, vocab=67, sgd=False, family="gpt2",
-               dtype=jnp.float32):
+def tiny_setup(loss_name="emo", fused=True, vocab=67, sgd=False, family="gpt2", dtype=jnp.float32):
   """A tiny model, its initial state and a jitted step. ``sgd=True`` swaps AdamW for plain
   SGD, whose update is linear in the gradient, so parameter equality is gradient equality
   (Adam's g/|g| would amplify float noise in near-zero gradient coordinates)."""
-  config = ml_collections.ConfigDict({
-      "name": loss_name, "weighting": "mle", "max_weight": None,
-      "detach_target_prob": False, "mixing_ratio": 0.5, "gamma": 0.5, "fused": fused,
-      "chunk_size": 16})
-  model = models.from_config(family, "tiny", vocab_size=vocab, max_length=16, dropout=0.0,
-                             dtype=dtype)
-  optim = ml_collections.ConfigDict({
-      "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.1,
-      "b1": 0.9, "b2": 0.98, "eps": 1e-8, "grad_clip_norm": 1.0})
+  config = ml_collections.ConfigDict(
+    {
+      "name": loss_name,
+      "weighting": "mle",
+      "max_weight": None,
+      "detach_target_prob": False,
+      "mixing_ratio": 0.5,
+      "gamma": 0.5,
+      "fused": fused,
+      "chunk_size": 16,
+    }
+  )
+  model = models.from_config(
+    family, "tiny", vocab_size=vocab, max_length=16, dropout=0.0, dtype=dtype
+  )
+  optim = ml_collections.ConfigDict(
+    {
+      "learning_rate": 1e-2,
+      "schedule": "constant",
+      "warmup_steps": 0,
+      "weight_decay": 0.1,
+      "b1": 0.9,
+      "b2": 0.98,
+      "eps": 1e-8,
+      "grad_clip_norm": 1.0,
+    }
+  )
   optimizer = optax.sgd(0.1) if sgd else train.make_optimizer(optim, 10)[0]
   objective = train.make_objective(config)
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-  state, _ = train.create_train_state(model, optimizer, mesh, jax.random.key(0), 8,
-                                      use_cost_placeholder=True, cost_dim=5)
+  state, _ = train.create_train_state(
+    model, optimizer, mesh, jax.random.key(0), 8, use_cost_placeholder=True, cost_dim=5
+  )
   cost = np.random.default_rng(0).standard_normal((vocab, 5)).astype(np.float32)
   state = state.replace(cost={"embeddings": jnp.asarray(cost)})
-  step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
-                                   objective=objective, skip_nonfinite=True,
-                                   use_dropout=False))
+  step = jax.jit(
+    functools.partial(
+      train.train_step,
+      model=model,
+      optimizer=optimizer,
+      objective=objective,
+      skip_nonfinite=True,
+      use_dropout=False,
+    )
+  )
   return model, state, step
 
 
@@ -295,8 +347,11 @@ def make_batch(accum, micro, length=8, vocab=67, seed=0):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, vocab, (accum, micro, length + 1)).astype(np.int32)
   weights = (rng.random((accum, micro, length)) > 0.2).astype(np.float32)
-  return {"inputs": tokens[..., :-1], "targets": np.where(weights > 0, tokens[..., 1:], -1),
-          "weights": weights}
+  return {
+    "inputs": tokens[..., :-1],
+    "targets": np.where(weights > 0, tokens[..., 1:], -1),
+    "weights": weights,
+  }
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -307,10 +362,14 @@ def markov_batch(seed, micro=8, length=8, vocab=67):
   tokens[..., 0] = rng.integers(0, vocab, (1, micro))
   for i in range(length):
     follow = (7 * tokens[..., i] + 3) % vocab
-    tokens[..., i + 1] = np.where(rng.random((1, micro)) < 0.8, follow,
-                                  rng.integers(0, vocab, (1, micro)))
-  return {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
-          "weights": np.ones((1, micro, length), np.float32)}
+    tokens[..., i + 1] = np.where(
+      rng.random((1, micro)) < 0.8, follow, rng.integers(0, vocab, (1, micro))
+    )
+  return {
+    "inputs": tokens[..., :-1],
+    "targets": tokens[..., 1:],
+    "weights": np.ones((1, micro, length), np.float32),
+  }
 
 
 # Measured (50 AdamW steps at lr 1e-2, EMO fused): the first step's loss (same weights, same
@@ -439,23 +498,31 @@ def test_eight_device_step_equals_one_device_step(family):
 
 @pytest.mark.slow
 def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
-  import torch, transformers  # pylint: disable=g-import-not-at-top
+  import torch
+  import transformers
+
   torch.manual_seed(0)
-  hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+  hf = transformers.GPT2LMHeadModel(
+    transformers.GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+  )
   hf.save_pretrained(str(tmp_path / "pretrained"))
   command = [
-      sys.executable, os.path.join(REPO, "main.py"),
-      "--config", os.path.join(REPO, "configs", "gpt2_finetune.py"),
-      "--workdir", str(tmp_path / "run"),
-      f"--config.model.pretrained={tmp_path / 'pretrained'}", "--config.model.dtype=float32",
-      "--config.data.corpus=tiny_shakespeare", "--config.data.block_size=16",
-      "--config.data.max_eval_blocks=8", "--config.train.batch_size=4",
-      "--config.train.num_epochs=0", "--config.train.num_steps=3",
-      "--config.train.eval_every=3", "--config.train.num_samples=0",
-      "--config.loss.chunk_size=32"]
-  result = subprocess.run(command, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                          capture_output=True, text=True, timeout=600)
+    sys.executable,
+    os.path.join(REPO, "main.py"),
+    "--config",
+    os.path.join(REPO, "configs", "gpt2_finetune.py") + ":smoke",
+    "--workdir",
+    str(tmp_path / "run"),
+    f"--config.model.pretrained={tmp_path / 'pretrained'}",
+    "--config.model.dtype=float32",
+    "--config.data.corpus=tiny_shakespeare",
+    "--config.train.num_steps=3",
+    "--config.train.eval_every=3",
+    "--config.train.num_samples=0",
+  ]
+  result = subprocess.run(
+    command, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   assert "train/demd" in records[0]  # EMO from the first step: no warm-up needed.
@@ -471,40 +538,63 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
   # pretrained weights are not needed (nor read), only its config.json.
   os.remove(tmp_path / "pretrained" / "model.safetensors")
   evaluation = subprocess.run(
-      command[:2] + ["--mode", "eval"] + command[2:] + [
-          "--config.eval.split=validation", "--config.eval.max_blocks=8",
-          "--config.eval.num_prompts=4", "--config.eval.batch_size=4",
-          "--config.eval.max_new_tokens=8", "--config.eval.mauve_runs=1",
-          f"--config.eval.featurizer={tmp_path / 'run' / 'hf_export'}"],
-      env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+    command[:2]
+    + ["--mode", "eval"]
+    + command[2:]
+    + [
+      "--config.eval.split=validation",
+      "--config.eval.num_prompts=4",
+      "--config.eval.mauve_runs=1",
+      f"--config.eval.featurizer={tmp_path / 'run' / 'hf_export'}",
+    ],
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   best = json.load(open(tmp_path / "run" / "best_metric.json"))
   assert json.load(open(tmp_path / "run" / "eval.json"))["perplexity"] == pytest.approx(
-      best["eval/perplexity"], rel=1e-5)
+    best["eval/perplexity"], rel=1e-5
+  )
 
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
   """2 processes x 2 CPU devices (jax.distributed, Gloo) == 1 process x 4 devices."""
+
   def launch(workdir, process_id=None, port=None):
-    command = [sys.executable, os.path.join(REPO, "main.py"),
-               "--config", os.path.join(REPO, "configs", "default.py"),
-               "--workdir", str(workdir), *TINY_OVERRIDES,
-               "--config.train.num_steps=6", "--config.train.num_samples=0",
-               "--config.train.export_hf=False"]
+    command = [
+      sys.executable,
+      os.path.join(REPO, "main.py"),
+      "--config",
+      SMOKE_CONFIG,
+      "--workdir",
+      str(workdir),
+      "--config.train.num_steps=6",
+      "--config.train.num_samples=0",
+      "--config.train.export_hf=False",
+    ]
     devices = 4
     if process_id is not None:
       devices = 2
-      command += ["--config.distributed.enabled=True",
-                  f"--config.distributed.coordinator_address=localhost:{port}",
-                  "--config.distributed.num_processes=2",
-                  f"--config.distributed.process_id={process_id}"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+      command += [
+        "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address=localhost:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={process_id}",
+      ]
+    env = {
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+    return subprocess.Popen(
+      command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
-  import socket  # pylint: disable=g-import-not-at-top
+  import socket
+
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
@@ -515,8 +605,9 @@ def test_two_processes_equal_one_process(tmp_path):
     assert proc.returncode == 0, output[-3000:]
   multi, single = losses_by_step(tmp_path / "multi"), losses_by_step(tmp_path / "single")
   assert sorted(multi) == list(range(1, 7)) == sorted(single)
-  np.testing.assert_allclose([multi[s] for s in sorted(multi)],
-                             [single[s] for s in sorted(single)], rtol=1e-5)
+  np.testing.assert_allclose(
+    [multi[s] for s in sorted(multi)], [single[s] for s in sorted(single)], rtol=1e-5
+  )
   # Warm-up is 4 steps, so steps 5-6 are EMO on the snapshotted (sharded) cost.
   eval_multi = [json.loads(l) for l in open(tmp_path / "multi" / "metrics.jsonl")]
   eval_single = [json.loads(l) for l in open(tmp_path / "single" / "metrics.jsonl")]

@@ -10,10 +10,29 @@ Families: :mod:`emo_jax.models.gpt2`, :mod:`emo_jax.models.llama`; shared layers
 """
 
 from emo_jax.models.causal_lm import CausalLM, hidden_states_and_head, output_embeddings
-from emo_jax.models.loader import (FAMILIES, PACKAGED_MODELS, build, from_config,
-                                   from_model_config, from_pretrained, pretrained_architecture,
-                                   resolve_source, save_pretrained)
+from emo_jax.models.loader import (
+  FAMILIES,
+  PACKAGED_MODELS,
+  build,
+  from_config,
+  from_model_config,
+  from_pretrained,
+  pretrained_architecture,
+  resolve_source,
+  save_pretrained,
+)
 
-__all__ = ["CausalLM", "FAMILIES", "PACKAGED_MODELS", "build", "from_config",
-           "from_model_config", "from_pretrained", "hidden_states_and_head", "output_embeddings",
-           "pretrained_architecture", "resolve_source", "save_pretrained"]
+__all__ = [
+  "FAMILIES",
+  "PACKAGED_MODELS",
+  "CausalLM",
+  "build",
+  "from_config",
+  "from_model_config",
+  "from_pretrained",
+  "hidden_states_and_head",
+  "output_embeddings",
+  "pretrained_architecture",
+  "resolve_source",
+  "save_pretrained",
+]

@@ -52,13 +52,23 @@ class CausalLM(Protocol):
   @property
   def hidden_size(self) -> int: ...
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               position_ids: Array | None = None, deterministic: bool = True,
-               decode: bool = False) -> Array: ...
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    position_ids: Array | None = None,
+    deterministic: bool = True,
+    decode: bool = False,
+  ) -> Array: ...
 
-  def hidden_states(self, input_ids: Array, attention_mask: Array | None = None,
-                    position_ids: Array | None = None, deterministic: bool = True,
-                    decode: bool = False) -> Array: ...
+  def hidden_states(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    position_ids: Array | None = None,
+    deterministic: bool = True,
+    decode: bool = False,
+  ) -> Array: ...
 
   def output_embeddings(self) -> Array: ...
 
@@ -81,8 +91,14 @@ class CausalLMBase(nn.Module):
   def hidden_size(self) -> int:
     return self.config.hidden_size
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None,
-               deterministic: bool = True, decode: bool = False) -> Array:
+  def __call__(
+    self,
+    input_ids,
+    attention_mask=None,
+    position_ids=None,
+    deterministic: bool = True,
+    decode: bool = False,
+  ) -> Array:
     """Logits ``[B, T, V]`` in float32; arguments as ``hidden_states``."""
     hidden = self.hidden_states(input_ids, attention_mask, position_ids, deterministic, decode)
     return head_logits(hidden, self.output_embeddings())
@@ -90,15 +106,19 @@ class CausalLMBase(nn.Module):
 
 def head_logits(hidden: Array, head: Array) -> Array:
   """float32 logits ``[B, T, V]`` of hidden states ``[B, T, d]`` under the head ``[V, d]``."""
-  return jnp.einsum("btd,vd->btv", hidden, head.astype(hidden.dtype),
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum(
+    "btd,vd->btv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32
+  )
 
 
 def empty_cache(model: CausalLM, batch: int, length: int):
   """A zero ``cache`` collection for ``batch`` rows of up to ``length`` tokens (only the
   shapes come from ``init``: ``eval_shape`` runs no initialiser)."""
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((batch, length), jnp.int32), decode=True)["cache"])
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((batch, length), jnp.int32), decode=True)[
+      "cache"
+    ]
+  )
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
@@ -108,9 +128,14 @@ def repeat_cache_rows(cache, repeats: int):
   return jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0) if x.ndim else x, cache)
 
 
-def hidden_states_and_head(model: CausalLM, params, input_ids: Array,
-                           attention_mask: Array | None = None, *,
-                           dropout_rng: jax.Array | None = None) -> tuple[Array, Array]:
+def hidden_states_and_head(
+  model: CausalLM,
+  params,
+  input_ids: Array,
+  attention_mask: Array | None = None,
+  *,
+  dropout_rng: jax.Array | None = None,
+) -> tuple[Array, Array]:
   """Final hidden states ``[B, T, d]`` and the head ``[V, d]`` in one ``apply``.
 
   Dropout is on exactly when ``dropout_rng`` is given.
@@ -119,8 +144,7 @@ def hidden_states_and_head(model: CausalLM, params, input_ids: Array,
   rngs = {} if deterministic else {"dropout": dropout_rng}
 
   def both(module, ids, mask):
-    return module.hidden_states(ids, mask, deterministic=deterministic), \
-        module.output_embeddings()
+    return module.hidden_states(ids, mask, deterministic=deterministic), module.output_embeddings()
 
   return model.apply({"params": params}, input_ids, attention_mask, rngs=rngs, method=both)
 

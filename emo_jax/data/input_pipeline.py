@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from emo_jax.tokenizer import Tokenizer
+from emo_jax.data.tokenizer import Tokenizer
 
 Batch = dict[str, np.ndarray]
 
 
-def pack_documents(token_documents: Sequence[Sequence[int]], eos_id: int,
-                   block_size: int) -> np.ndarray:
+def pack_documents(
+  token_documents: Sequence[Sequence[int]], eos_id: int, block_size: int
+) -> np.ndarray:
   """``[num_blocks, block_size + 1]`` int32 blocks from EOS-joined documents.
 
   Block ``k`` covers stream positions ``[k·block_size, (k+1)·block_size]``; the trailing
@@ -37,25 +38,32 @@ def pack_documents(token_documents: Sequence[Sequence[int]], eos_id: int,
   stream = np.empty(sum(lengths), np.int32)
   offset = 0
   for document, length in zip(token_documents, lengths):
-    stream[offset:offset + length - 1] = document
+    stream[offset : offset + length - 1] = document
     stream[offset + length - 1] = eos_id
     offset += length
   if stream.size < 2:
     raise ValueError("nothing to pack: the split has no tokens.")
   num_blocks = -(-(stream.size - 1) // block_size)
   padded = np.full(num_blocks * block_size + 1, -1, np.int32)
-  padded[:stream.size] = stream
+  padded[: stream.size] = stream
   starts = np.arange(num_blocks) * block_size
   return padded[starts[:, None] + np.arange(block_size + 1)[None, :]]
 
 
-def tokenize_and_pack(documents: Sequence[str], tokenizer: Tokenizer, block_size: int,
-                      name: str = "split") -> np.ndarray:
+def tokenize_and_pack(
+  documents: Sequence[str], tokenizer: Tokenizer, block_size: int, name: str = "split"
+) -> np.ndarray:
   token_documents = tokenizer.encode_batch(documents)
   blocks = pack_documents(token_documents, tokenizer.eos_id, block_size)
   num_tokens = sum(len(d) for d in token_documents)
-  logging.info("%s: %d documents, %d tokens, %d blocks of %d", name, len(documents),
-               num_tokens, len(blocks), block_size)
+  logging.info(
+    "%s: %d documents, %d tokens, %d blocks of %d",
+    name,
+    len(documents),
+    num_tokens,
+    len(blocks),
+    block_size,
+  )
   return blocks
 
 
@@ -63,8 +71,11 @@ def blocks_to_batch(blocks: np.ndarray) -> Batch:
   """Splits ``[n, L + 1]`` blocks (``-1`` = padding) into inputs/targets/weights."""
   inputs, targets = blocks[:, :-1], blocks[:, 1:]
   weights = (targets >= 0).astype(np.float32)
-  return {"inputs": np.maximum(inputs, 0), "targets": np.where(targets >= 0, targets, -1),
-          "weights": weights}
+  return {
+    "inputs": np.maximum(inputs, 0),
+    "targets": np.where(targets >= 0, targets, -1),
+    "weights": weights,
+  }
 
 
 @dataclasses.dataclass
@@ -86,11 +97,14 @@ class TrainIterator:
 
   def __post_init__(self):
     if self.global_batch_size % self.process_count:
-      raise ValueError(f"global batch {self.global_batch_size} is not divisible by "
-                       f"{self.process_count} processes.")
+      raise ValueError(
+        f"global batch {self.global_batch_size} is not divisible by {self.process_count} processes."
+      )
     if len(self.blocks) < self.global_batch_size:
-      raise ValueError(f"the training split has {len(self.blocks)} blocks, fewer than one "
-                       f"global batch ({self.global_batch_size}).")
+      raise ValueError(
+        f"the training split has {len(self.blocks)} blocks, fewer than one "
+        f"global batch ({self.global_batch_size})."
+      )
 
   @property
   def batches_per_epoch(self) -> int:
@@ -105,7 +119,7 @@ class TrainIterator:
   def __next__(self) -> Batch:
     local = self.global_batch_size // self.process_count
     start = self.position * self.global_batch_size + self.process_index * local
-    rows = self._order(self.epoch)[start:start + local]
+    rows = self._order(self.epoch)[start : start + local]
     self.position += 1
     if self.position == self.batches_per_epoch:  # Keep the state canonical at epoch ends.
       self.epoch, self.position = self.epoch + 1, 0
@@ -118,13 +132,14 @@ class TrainIterator:
     self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def eval_batches(blocks: np.ndarray, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
+def eval_batches(
+  blocks: np.ndarray, global_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[Batch]:
   """Every block once, in order; the last batch is padded with weight-0 rows."""
   local = global_batch_size // process_count
   num_batches = -(-len(blocks) // global_batch_size)
   padded = np.full((num_batches * global_batch_size, blocks.shape[1]), -1, np.int32)
-  padded[:len(blocks)] = blocks
+  padded[: len(blocks)] = blocks
   for b in range(num_batches):
     start = b * global_batch_size + process_index * local
-    yield blocks_to_batch(padded[start:start + local])
+    yield blocks_to_batch(padded[start : start + local])

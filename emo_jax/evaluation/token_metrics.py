@@ -1,0 +1,118 @@
+"""Measures computed from a model's token probabilities: perplexity over packed blocks and the
+distribution measures (forward / reverse cross-entropy, total variation, reverse KL) between a
+model and a reference model at every position of its own continuations."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emo_jax import fused_losses, models, sharding
+from emo_jax.data import input_pipeline
+
+
+def eval_step(params, batch, *, model) -> dict[str, jax.Array]:
+  """Summed token cross-entropy and token weight of one ``{inputs, targets, weights}`` batch."""
+  hidden, head = models.hidden_states_and_head(model, params, batch["inputs"])
+  _, aux = fused_losses.fused_cross_entropy(
+    hidden, head, batch["targets"], weights=batch["weights"], reduction="sum"
+  )
+  return {"ce_sum": jnp.sum(aux["ce"] * batch["weights"]), "count": jnp.sum(batch["weights"])}
+
+
+def perplexity_from_sums(ce_sum: float, count: float) -> float:
+  """``exp(Σ CE / Σ weight)``: token-weighted, padding (weight 0) excluded."""
+  if count <= 0:
+    raise ValueError("perplexity of an empty split (no token has weight > 0).")
+  return float(np.exp(ce_sum / count))
+
+
+def perplexity(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh) -> float:
+  """Perplexity of ``[n, L + 1]`` blocks; ``eval_fn`` is (a jit of) :func:`eval_step`.
+
+  Every block is seen once, the last batch padded with weight-0 rows; each process feeds its
+  rows of every global batch (multi-process safe).
+  """
+  ce_sum, count = 0.0, 0.0
+  for batch in input_pipeline.eval_batches(
+    blocks, global_batch_size, jax.process_index(), jax.process_count()
+  ):
+    out = eval_fn(params, sharding.global_batch(mesh, batch))
+    ce_sum += float(out["ce_sum"])
+    count += float(out["count"])
+  return perplexity_from_sums(ce_sum, count)
+
+
+def distribution_measures(
+  logits: jax.Array, reference_logits: jax.Array, weights: jax.Array | None = None
+) -> dict[str, jax.Array]:
+  """Token-weighted means of the per-position measures between ``p = softmax(logits)``
+  (the model) and ``q = softmax(reference_logits)`` (the reference), over the vocabulary:
+
+  * forward CE ``-Σ_v q_v log p_v`` (the reference's mass, scored by the model),
+  * reverse CE ``-Σ_v p_v log q_v`` (the model's mass, scored by the reference),
+  * TVD ``½ Σ_v |p_v - q_v|``,
+  * reverse KL ``Σ_v p_v (log p_v - log q_v)``.
+
+  Shapes: ``logits``/``reference_logits`` ``[..., V]``; ``weights`` ``[...]`` (1 = real).
+  """
+  if logits.shape != reference_logits.shape:
+    raise ValueError(
+      f"model logits {logits.shape} and reference logits {reference_logits.shape} differ in shape."
+    )
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [..., V]
+  log_q = jax.nn.log_softmax(reference_logits.astype(jnp.float32), axis=-1)
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  per_position = {
+    "forward_ce": -jnp.sum(q * log_p, axis=-1),
+    "reverse_ce": -jnp.sum(p * log_q, axis=-1),
+    "tvd": 0.5 * jnp.sum(jnp.abs(p - q), axis=-1),
+    "reverse_kl": jnp.sum(p * (log_p - log_q), axis=-1),
+  }
+  if weights is None:
+    weights = jnp.ones(logits.shape[:-1], jnp.float32)
+  total = jnp.maximum(jnp.sum(weights), 1e-12)
+  return {k: jnp.sum(v * weights) / total for k, v in per_position.items()}
+
+
+def continuation_ce_sums(
+  model,
+  params,
+  prompts: Sequence[Sequence[int]],
+  continuations: Sequence[Sequence[int]],
+  batch_size: int = 32,
+  pad_id: int = 0,
+) -> tuple[float, float]:
+  """Summed CE (and count) of each continuation's tokens given its prompt, under ``model``:
+  the oracle perplexity of generated text is ``exp(sum / count)`` with a reference model.
+  """
+  rows, weights = [], []
+  for prompt, continuation in zip(prompts, continuations):
+    tokens = list(prompt) + list(continuation)
+    rows.append(tokens)
+    # Target t+1 is scored when it belongs to the continuation.
+    weights.append([0.0] * (len(prompt) - 1) + [1.0] * len(continuation))
+  length = max(len(r) for r in rows)
+  if length > model.max_length:
+    raise ValueError(
+      f"prompt + continuation of {length} tokens exceeds the reference "
+      f"model's max_length={model.max_length}."
+    )
+  step = jax.jit(functools.partial(eval_step, model=model))
+  ce_sum, count = 0.0, 0.0
+  for start in range(0, len(rows), batch_size):
+    ids = np.full((batch_size, length), pad_id, np.int32)
+    w = np.zeros((batch_size, length - 1), np.float32)
+    for i, (row, wt) in enumerate(
+      zip(rows[start : start + batch_size], weights[start : start + batch_size])
+    ):
+      ids[i, : len(row)] = row
+      w[i, : len(wt)] = wt
+    out = step(params, {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": w})
+    ce_sum += float(out["ce_sum"])
+    count += float(out["count"])
+  return ce_sum, count
