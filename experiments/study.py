@@ -45,6 +45,9 @@ OBJECTIVES = {
   "mixce": ["--config.loss.name=mixce"],
 }
 SEEDS = (0, 1, 2)
+# The untouched ready-made base's row in a study without a base stage: one evaluation per
+# corpus (its workdir is <root>/<corpus>/base/seed0), no fine-tuning, no paired test.
+BASE = "base"
 # timings.jsonl records written before the driver logged cores ran unpinned on the 2-core
 # machine every study run so far used.
 UNRECORDED_CORES = 2
@@ -103,8 +106,23 @@ def stage_commands(
   spec = SETTINGS[setting]
   base = os.path.join(root, "base")
   if stage == "base":
-    if spec.base_config is None:
-      return []  # The base is ready-made: nothing to pretrain.
+    if spec.base_config is None:  # Ready-made: nothing to pretrain; evaluate it untouched.
+      return [
+        (
+          _main_py(
+            spec.finetune_config,
+            run_dir(root, corpus, BASE, 0),
+            "--mode",
+            "eval",
+            f"--config.eval.model={spec.pretrained}",
+            f"--config.data.corpus={corpus}",
+            "--config.seed=0",
+            *extra,
+          ),
+          os.path.join(run_dir(root, corpus, BASE, 0), "eval.json"),
+        )
+        for corpus in corpora
+      ]
     return [(_main_py(spec.base_config, base, *extra), os.path.join(base, "results.json"))]
   out = []
   for corpus in corpora:
@@ -185,7 +203,7 @@ def collect(root, corpora=CORPORA, objectives=tuple(OBJECTIVES), seeds=SEEDS):
   table = {}
   for corpus in corpora:
     for objective in objectives:
-      for seed in seeds:
+      for seed in (0,) if objective == BASE else seeds:
         path = os.path.join(run_dir(root, corpus, objective, seed), "eval.json")
         if not os.path.exists(path):
           print(f"missing {path}", file=sys.stderr)
@@ -244,7 +262,7 @@ def markdown_report(table, baseline="mle") -> str:
         # Shakespeare's rep-2 is 0.0002-0.002), where three decimals would read 0.000.
         digits = 1 if metric == "perplexity" else 4
         cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
-        if reference is not None and objective != baseline:
+        if reference is not None and objective not in (baseline, BASE):
           # Pair runs by seed: only seeds both objectives finished.
           common = [s for s in values["seeds"] if s in reference["seeds"]]
           pick = lambda run, metric=metric, common=common: [
@@ -442,7 +460,10 @@ FULL_GRID = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
 def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_GRID) -> str:
   """Tables, figure links and timings: what ``report`` prints or writes into RESULTS.md."""
   finished = sum(
-    len(values["seeds"]) for objectives in table.values() for values in objectives.values()
+    len(values["seeds"])
+    for objectives in table.values()
+    for objective, values in objectives.items()
+    if objective != BASE
   )
   parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", "", markdown_report(table)]
   if figures_dir:
@@ -492,8 +513,10 @@ def main(argv=None):
     extra=extra,
     setting=args.setting,
   )
+  ready_made_base = SETTINGS[args.setting].base_config is None
   if args.action == "report":
-    table = collect(args.root, args.corpora, args.objectives, args.seeds)
+    objectives = [BASE, *args.objectives] if ready_made_base else args.objectives
+    table = collect(args.root, args.corpora, objectives, args.seeds)
     relative_to = os.path.dirname(os.path.abspath(args.update)) if args.update else None
     text = full_report(
       args.root,
@@ -515,9 +538,11 @@ def main(argv=None):
     points = zip(
       stage_commands("finetune", args.root, **grid), stage_commands("eval", args.root, **grid)
     )
-    commands = stage_commands("base", args.root, extra=extra, setting=args.setting) + [
-      command for point in points for command in point
-    ]
+    base = stage_commands("base", args.root, args.corpora, extra=extra, setting=args.setting)
+    trained = [command for point in points for command in point]
+    # A pretrained base comes first (every point needs it); a ready-made one's evaluation
+    # is a reference row, so the fine-tuned points go first.
+    commands = trained + base if ready_made_base else base + trained
   if args.action == "commands":
     for command, _ in commands:
       print(shlex.join(command))

@@ -102,7 +102,13 @@ def test_study_grid_commands(tmp_path):
 
 
 def test_study_v2_starts_every_point_from_smollm2(tmp_path, capsys):
-  assert study.stage_commands("base", str(tmp_path), setting="smollm2") == []
+  # The "base" stage evaluates the untouched SmolLM2 on each corpus (nothing to pretrain).
+  ((command, marker),) = study.stage_commands(
+    "base", str(tmp_path), corpora=["ag_news"], setting="smollm2"
+  )
+  assert "--mode" in command and "--config.eval.model=smollm2-135m" in command
+  assert "--config.data.corpus=ag_news" in command
+  assert marker == os.path.join(study.run_dir(str(tmp_path), "ag_news", "base", 0), "eval.json")
   finetune = study.stage_commands(
     "finetune",
     str(tmp_path),
@@ -130,8 +136,10 @@ def test_study_v2_starts_every_point_from_smollm2(tmp_path, capsys):
     ]
   )
   printed = capsys.readouterr().out.splitlines()
-  assert len(printed) == 2 and "--mode eval" in printed[1]  # Train, then evaluate; no base.
+  # Train, then evaluate the point; the untouched base's evaluation comes last.
+  assert len(printed) == 3 and "--mode eval" in printed[1]
   assert os.path.join("workdirs", "study_smollm2", "ag_news", "emo", "seed0") in printed[0]
+  assert os.path.join("ag_news", "base", "seed0") in printed[2]
 
 
 def _write_eval(root, objective, seed, mauve, perplexity):
@@ -169,6 +177,36 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
   assert "(tie" in tailr_row.split("|")[4]
   assert study.paired_p_value([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == 0.0  # Constant shift.
   assert study.paired_p_value([1.0, 2.0], [1.0, 2.0]) is None  # No difference at all.
+
+
+def test_study_v2_report_has_the_base_row_without_a_verdict(tmp_path, capsys):
+  for seed in range(2):
+    _write_eval(tmp_path, "mle", seed, 0.5 + seed / 10, 20.0 + seed)
+    _write_eval(tmp_path, "emo", seed, 0.7 + seed / 10, 21.0 + seed)
+  _write_eval(tmp_path, "base", 0, 0.3, 33.0)
+  study.main(
+    [
+      "report",
+      "--setting",
+      "smollm2",
+      "--root",
+      str(tmp_path),
+      "--corpora",
+      "ag_news",
+      "--objectives",
+      "mle",
+      "emo",
+      "--seeds",
+      "0",
+      "1",
+    ]
+  )
+  report = capsys.readouterr().out
+  assert "Evaluated grid points: **4 of 4**" in report  # The base row is not a grid point.
+  base_row = next(line for line in report.splitlines() if line.startswith("| base |"))
+  assert base_row.startswith("| base | 1 | 33.0 ± 0.0 |") and "(" not in base_row
+  emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
+  assert "(win" in emo_row or "(tie" in emo_row  # EMO is still paired with MLE.
 
 
 def test_study_passes_overrides_after_double_dash(capsys):
