@@ -157,6 +157,7 @@ def _write_own_corpus(directory, extension: str, words_per_document: int, docume
 @pytest.mark.parametrize(
   "extension,lengths", [("jsonl", None), ("csv", (5, 15)), ("txt", (10, 30))]
 )
+@pytest.mark.slow
 def test_eval_of_a_users_own_corpus(tmp_path, hf_directory, extension, lengths):
   """``data.corpus='files:...'`` has no known prompt lengths: WebText's 20/80 unless
   eval.prefix_words / eval.continuation_words set them."""

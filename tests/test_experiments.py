@@ -355,6 +355,7 @@ def test_an_interrupted_point_counts_every_invocation(tmp_path):
   }
 
 
+@pytest.mark.slow
 def test_cost_geometry_terms_match_direct_computations():
   """The diagnosis behind the AG News / Tiny Shakespeare collapse: its closed-form uniform
   DEMD must be DEMD of equal logits, and its CE/DEMD the losses module's on the model."""
@@ -501,6 +502,7 @@ def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
 import fewshot as fewshot_driver
 
 
+@pytest.mark.slow
 def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys):
   import jax
   import jax.numpy as jnp

@@ -42,6 +42,7 @@ def reference_losses(model, params, prefix, queries, labels):
   "labels", [[[40], [41, 42, 43], [44, 45]], [[40], [41]]], ids=["ragged", "one_token"]
 )
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.slow
 def test_shared_prefix_scores_equal_full_forward_passes(family, labels):
   model, params = tiny_model(family)
   rng = np.random.default_rng(0)
@@ -73,6 +74,7 @@ def test_rendered_prompt_reads_as_written():
 
 @pytest.mark.parametrize("source", ["gpt2", "smollm2-135m"])
 @pytest.mark.parametrize("task_name", sorted(fewshot.TASKS))
+@pytest.mark.slow
 def test_pieces_tokenize_exactly_like_the_whole_prompt(source, task_name, data_dir):
   tokenizer = tokenizer_lib.load_tokenizer(source)
   task = fewshot.TASKS[task_name]

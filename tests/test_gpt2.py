@@ -75,6 +75,7 @@ def test_logits_match_transformers_with_padding(hf_checkpoint, side):
   np.testing.assert_allclose(got[mask == 1], want[mask == 1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_activations_stay_close(hf_checkpoint):
   _, hf_model, directory = hf_checkpoint
   model, params = models.from_pretrained(directory, dtype=jnp.bfloat16)
@@ -134,6 +135,7 @@ def test_frozen_head_cost_is_the_normalised_head_at_load(hf_checkpoint):
   )
 
 
+@pytest.mark.slow
 def test_adaptive_cost_follows_the_head_without_gradient(hf_checkpoint):
   _, _, directory = hf_checkpoint
   model, params = models.from_pretrained(directory)
@@ -159,6 +161,7 @@ def test_adaptive_cost_follows_the_head_without_gradient(hf_checkpoint):
   assert np.abs(pick(with_sg) - pick(without_sg)).max() > 1e-6
 
 
+@pytest.mark.slow
 def test_separate_cost_embeddings_with_another_width(hf_checkpoint):
   _, _, directory = hf_checkpoint
   vocab = HF_CONFIGS[hf_checkpoint[0]]["vocab_size"]

@@ -339,6 +339,7 @@ def smollm2():
   return model, params, reference, path
 
 
+@pytest.mark.slow
 def test_smollm2_logits_match_transformers_on_real_text(smollm2, data_dir):
   model, params, reference, _ = smollm2
   assert type(reference).__name__ == "LlamaForCausalLM"
@@ -353,6 +354,7 @@ def test_smollm2_logits_match_transformers_on_real_text(smollm2, data_dir):
   assert perplexity < 100, perplexity
 
 
+@pytest.mark.slow
 def test_smollm2_tokenizer_matches_transformers(smollm2, data_dir):
   _, _, _, path = smollm2
   ours = load_tokenizer("smollm2-135m")

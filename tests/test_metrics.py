@@ -114,6 +114,7 @@ def test_gpt2_featurizer_matches_mauve_text_recipe_on_transformers(tmp_path):
     np.testing.assert_allclose(feature, expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_mauve_is_high_within_a_corpus_and_low_across_corpora(data_dir):
   """MiniLM features, n = 200 texts per side (MAUVE's 'auto' = 20 buckets), 2 seeds.
 

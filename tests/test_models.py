@@ -49,6 +49,7 @@ def test_hidden_states_and_head_give_the_logits(family_model):
   np.testing.assert_allclose(hidden @ head.T, model.apply({"params": params}, ids), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_equals_full_forward(family_model):
   model, params = family_model
   ids = random_ids((2, 14), seed=5)
@@ -88,6 +89,7 @@ def test_llama_cache_holds_only_the_key_value_heads():
   )
 
 
+@pytest.mark.slow
 def test_left_padded_prompt_samples_like_the_unpadded_one(family_model):
   model, params = family_model
   prompt = list(random_ids((6,), seed=11))
@@ -115,6 +117,7 @@ def test_every_parameter_has_logical_axis_names(family_model):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_remat_changes_memory_not_results(family):
   plain, remat = tiny(family), tiny(family, remat=True)
   ids = random_ids((2, 8), seed=10)
@@ -145,6 +148,7 @@ def test_sequence_longer_than_max_length_is_an_error(family_model):
     model.init(jax.random.key(0), jnp.zeros((1, 41), jnp.int32))
 
 
+@pytest.mark.slow
 def test_fused_emo_on_the_bias_free_llama_head_equals_the_reference():
   model = tiny("llama", tie_word_embeddings=False)
   ids = random_ids((2, 9), seed=12)

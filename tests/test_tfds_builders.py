@@ -36,6 +36,7 @@ def test_importing_hides_accelerators_from_tensorflow(monkeypatch):
     ("tiny_shakespeare", ("train", "validation", "test"), (1, 1, 1)),
   ],
 )
+@pytest.mark.slow
 def test_offline_build_equals_the_direct_reader(corpus, splits, counts, tfds_dir, data_dir):
   for split, count in zip(splits, counts):
     documents = tfds_builders.load_documents(corpus, split, tfds_dir, data_dir)

@@ -141,9 +141,9 @@ def uninterrupted_losses(uninterrupted_workdir):
   return losses_by_step(uninterrupted_workdir)
 
 
-def interrupt_at_step(workdir, sig, step):
-  """Starts a LONGER run and sends ``sig`` once ``step`` has been logged."""
-  process = run_main(workdir, *LONGER, wait=False)
+def interrupt_at_step(workdir, sig, step, extra=LONGER):
+  """Starts a run (LONGER by default) and sends ``sig`` once ``step`` has been logged."""
+  process = run_main(workdir, *extra, wait=False)
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
@@ -153,39 +153,6 @@ def interrupt_at_step(workdir, sig, step):
   process.send_signal(sig)
   output, _ = process.communicate()
   return process.returncode, output
-
-
-@pytest.mark.slow
-def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(
-  tmp_path, uninterrupted_workdir, uninterrupted_losses
-):
-  _, _ = interrupt_at_step(tmp_path, signal.SIGKILL, 25)  # No chance to clean up or save.
-  partial = losses_by_step(tmp_path)
-  assert 25 <= max(partial) < 60, "the run was not killed mid-run"
-  # The newest checkpoint went bad on disk as well: the run must resume from the one before.
-  checkpointer = checkpointing.Checkpointer(str(tmp_path))
-  newest, older = checkpointer.latest_step(), checkpointer.all_steps()[0]
-  checkpointer.close()
-  assert older < newest
-  damage_checkpoint(tmp_path / "checkpoints" / str(newest) / "state", "bytes_flipped")
-  # The resumed run must take the best score so far from best/ (saved atomically with its
-  # weights), not from the mirror file: a mirror claiming an unbeatable score would
-  # otherwise stop every later best save.
-  with open(tmp_path / "best_metric.json", "w") as f:
-    json.dump({"step": 20, "eval/perplexity": 0.0}, f)
-
-  resumed = run_main(tmp_path, *LONGER)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"checkpoints/{newest} did not restore" in resumed.stderr
-  assert f"(step {older})" in resumed.stderr  # "resumed from ... (step N)"
-  assert (tmp_path / checkpointing.SET_ASIDE_DIRECTORY / str(newest)).is_dir()
-  got = losses_by_step(tmp_path)
-  assert sorted(got) == sorted(uninterrupted_losses) == list(range(1, 61))
-  for step, loss in uninterrupted_losses.items():
-    assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
-  expected_best = json.load(open(uninterrupted_workdir / "best_metric.json"))
-  assert expected_best["step"] > 20  # Else the check above could not fail.
-  assert json.load(open(tmp_path / "best_metric.json")) == pytest.approx(expected_best)
 
 
 def _kill_mid_save_or_at_random(workdir, rng, extra, timeout=120):
@@ -221,8 +188,9 @@ def test_sigkill_at_random_moments_loses_nothing(
   tmp_path, uninterrupted_workdir, uninterrupted_losses
 ):
   """Fault-injection soak: killed three times (some mid-save, every 2 steps a checkpoint) and
-  restarted each time, the run ends with the uninterrupted run's losses and parameters, and no
-  restart ever meets a damaged checkpoint."""
+  restarted each time, no restart meets a damaged checkpoint; then the newest checkpoint goes
+  bad on disk and the best-score mirror lies, and the last restart still ends with the
+  uninterrupted run's losses, parameters and best checkpoint."""
   soak = (*LONGER, "--config.train.save_every=2")
   rng = random.Random(0)
   kills, mid_save_kills, deadline = 0, 0, time.time() + 240
@@ -237,9 +205,30 @@ def test_sigkill_at_random_moments_loses_nothing(
       checkpointing.check_integrity(checkpointer.step_directory(step))
     checkpointer.close()
   assert kills >= 2, "the soak did not interrupt the run"
+  # One clean stop (SIGTERM saves the current step with its integrity record; a SIGKILL can
+  # land between orbax's rename and the record, and a checkpoint without one restores
+  # unverified), then that newest checkpoint goes bad on disk: the run must resume from the
+  # one before.
+  returncode, output = interrupt_at_step(
+    tmp_path, signal.SIGTERM, max(losses_by_step(tmp_path)) + 3, soak
+  )
+  assert returncode == train.PREEMPTED_EXIT_CODE, output[-3000:]
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  assert len(steps) >= 2 and max(losses_by_step(tmp_path)) < 60, steps
+  newest, older = steps[-1], steps[-2]
+  assert os.path.exists(tmp_path / "checkpoints" / str(newest) / checkpointing.INTEGRITY_FILE)
+  damage_checkpoint(tmp_path / "checkpoints" / str(newest) / "state", "bytes_flipped")
+  # The best score so far comes from best/ (saved atomically with its weights), not from the
+  # mirror file: a mirror claiming an unbeatable score would stop every later best save.
+  with open(tmp_path / "best_metric.json", "w") as f:
+    json.dump({"step": 20, "eval/perplexity": 0.0}, f)
   final = run_main(tmp_path, *soak)
   assert final.returncode == 0, final.stderr[-3000:]
-  assert "did not restore" not in final.stderr
+  assert f"checkpoints/{newest} did not restore" in final.stderr
+  assert f"(step {older})" in final.stderr  # "resumed from ... (step N)"
+  assert (tmp_path / checkpointing.SET_ASIDE_DIRECTORY / str(newest)).is_dir()
   got = losses_by_step(tmp_path)
   assert sorted(got) == sorted(uninterrupted_losses)
   for step, loss in uninterrupted_losses.items():
@@ -248,6 +237,9 @@ def test_sigkill_at_random_moments_loses_nothing(
   expected = checkpointing.Checkpointer(str(uninterrupted_workdir)).read_state(60)["params"]
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  expected_best = json.load(open(uninterrupted_workdir / "best_metric.json"))
+  assert expected_best["step"] > 20  # Else the mirror check above could not fail.
+  assert json.load(open(tmp_path / "best_metric.json")) == pytest.approx(expected_best)
   print(f"soak: {kills} kills, {mid_save_kills} of them mid-save")
 
 
@@ -381,7 +373,8 @@ BF16_FIRST_STEP_TOLERANCE = 0.002
 BF16_WINDOW_TOLERANCE = 0.06
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["llama"])  # The main family; GPT-2 bf16: test_gpt2.py.
+@pytest.mark.slow
 def test_bfloat16_activations_stay_finite_and_track_float32(family):
   losses = {}
   for dtype in (jnp.float32, jnp.bfloat16):
@@ -401,6 +394,7 @@ def test_bfloat16_activations_stay_finite_and_track_float32(family):
 
 
 @pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(fused):
   _, state, step = tiny_setup(fused=fused, sgd=True)
   big = make_batch(1, 8)
@@ -413,6 +407,7 @@ def test_gradient_accumulation_equals_one_big_batch(fused):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_fused_and_naive_steps_agree():
   _, state, fused_step = tiny_setup(fused=True, sgd=True)
   _, _, naive_step = tiny_setup(fused=False, sgd=True)
@@ -426,6 +421,7 @@ def test_fused_and_naive_steps_agree():
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_cost_collection_rides_along_but_is_never_optimized():
   _, state, step = tiny_setup()
   cost_before = np.asarray(state.cost["embeddings"])
@@ -587,7 +583,8 @@ def test_two_processes_equal_one_process(tmp_path):
     env = {
       **os.environ,
       "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={devices}",
     }
     return subprocess.Popen(
       command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
