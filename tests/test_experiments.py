@@ -15,11 +15,22 @@ WALKTHROUGH = os.path.join(REPO, "experiments", "emo_loss_walkthrough.ipynb")
 
 
 @pytest.fixture(scope="module")
-def executed_walkthrough():
+def executed_walkthrough(tmp_path_factory):
   """The notebook run top to bottom in a fresh kernel of this interpreter, plus one cell the
   test adds at the end that hands the notebook's numbers back as JSON."""
   import nbclient
   import nbformat
+  from ipykernel.kernelspec import write_kernel_spec
+  from jupyter_client.kernelspec import KernelSpecManager
+  from jupyter_client.manager import KernelManager
+
+  # A kernel spec of this very interpreter, so a "python3" kernel installed elsewhere (a
+  # user's ~/.local/share/jupyter) cannot stand in for the venv's.
+  specs = tmp_path_factory.mktemp("kernels")
+  write_kernel_spec(str(specs / "emo_jax_tests"))
+  manager = KernelManager(
+    kernel_name="emo_jax_tests", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)])
+  )
 
   notebook = nbformat.read(WALKTHROUGH, as_version=4)
   notebook.cells.append(
@@ -29,10 +40,7 @@ def executed_walkthrough():
     )
   )
   nbclient.NotebookClient(
-    notebook,
-    timeout=300,
-    kernel_name="python3",
-    resources={"metadata": {"path": os.path.join(REPO, "experiments")}},
+    notebook, km=manager, timeout=300, resources={"metadata": {"path": REPO + "/experiments"}}
   ).execute(env={**os.environ, "JAX_PLATFORMS": "cpu"})
   results = json.loads(notebook.cells[-1].outputs[0]["text"])
   return notebook, results
