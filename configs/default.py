@@ -76,7 +76,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Cost embeddings: 'frozen_head' (copy of the head at load / at the end of warm-up) or
   # 'adaptive' (the current head under stop-gradient).
   config.loss.cost_source = "frozen_head"
-  # Steps of plain MLE before `name` takes over. Measured on this default (2026-11-25):
+  # Steps of plain MLE before `name` takes over. Measured on this default:
   # warm-up 100 without the clamp raised validation perplexity after the switch
   # (405 -> 592 by step 400); warm-up 200 with max_weight 3 kept it falling (247 -> 213).
   config.loss.mle_warmup_steps = 200

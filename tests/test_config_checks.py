@@ -249,7 +249,7 @@ def test_batch_layout_over_devices_and_processes(devices, processes, batch, accu
 
 @pytest.mark.parametrize("field,value", [("train.batch_size", 0), ("optim.learning_rate", -1.0)])
 def test_train_and_eval_refuse_a_bad_value_before_any_work(field, value, tmp_path, monkeypatch):
-  """The two values the issue found unchecked: nothing is read, built or compiled first."""
+  """Two values once let through unchecked: nothing is read, built or compiled first."""
 
   def must_not_run(*args, **kwargs):
     raise AssertionError("work started before the config was checked")
