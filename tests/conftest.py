@@ -22,7 +22,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # XLA's CPU backend with its cheap optimisation level: the suite's programs are tiny, so
-# compiling them is most of its time (measured: models + fused-loss tests 174 s -> 125 s).
+# compiling them is most of its time (measured on test_models.py + test_fused_losses.py,
+# while a study run shared the 2 cores: 174 s -> 125 s).
 # Every numeric check compares against a reference at the tolerance the test states, so a
 # result that depended on the optimisation level would still fail; real runs and the
 # benchmark scripts use XLA's defaults. XLA_FLAGS set by the caller replace these.

@@ -470,10 +470,9 @@ def test_llama_gguf_trains_exports_and_evaluates_end_to_end(tmp_path):
   assert load_tokenizer(str(run / "hf_export")).eos_id == 2
 
   evaluation = subprocess.run(
-    command[:2]
-    + ["--mode", "eval"]
-    + command[2:]
-    + [
+    [
+      *command,
+      "--mode=eval",
       "--config.eval.split=validation",
       "--config.eval.max_blocks=4",
       "--config.eval.num_prompts=4",

@@ -29,12 +29,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_CONFIG = os.path.join(REPO, "configs", "default.py") + ":smoke"
 
 
-def run_main(workdir, *extra, wait=True):
+def run_main(workdir, *extra, wait=True, config=SMOKE_CONFIG):
+  """``main.py --config <config> --workdir <workdir> <extra>`` (``--mode=eval`` etc. go in
+  ``extra``): the completed process, or the running one with ``wait=False``."""
   command = [
     sys.executable,
     os.path.join(REPO, "main.py"),
     "--config",
-    SMOKE_CONFIG,
+    config,
     "--workdir",
     str(workdir),
     *extra,
@@ -92,24 +94,12 @@ def test_cli_run_leaves_checkpoints_logs_export_and_learns(tmp_path):
   assert torch.isfinite(hf(torch.zeros((1, 4), dtype=torch.long)).logits).all()
 
   # --mode eval on the workdir: the best checkpoint, same blocks -> the trainer's perplexity.
-  evaluation = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(REPO, "main.py"),
-      "--mode",
-      "eval",
-      "--config",
-      SMOKE_CONFIG,
-      "--workdir",
-      str(tmp_path),
-      "--config.eval.split=validation",
-      "--config.eval.mauve_runs=1",
-      f"--config.eval.featurizer={tmp_path / 'hf_export'}",
-    ],
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-    timeout=600,
+  evaluation = run_main(
+    tmp_path,
+    "--mode=eval",
+    "--config.eval.split=validation",
+    "--config.eval.mauve_runs=1",
+    f"--config.eval.featurizer={tmp_path / 'hf_export'}",
   )
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   evaluated = json.load(open(tmp_path / "eval.json"))
@@ -502,13 +492,8 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
     transformers.GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2)
   )
   hf.save_pretrained(str(tmp_path / "pretrained"))
-  command = [
-    sys.executable,
-    os.path.join(REPO, "main.py"),
-    "--config",
-    os.path.join(REPO, "configs", "gpt2_finetune.py") + ":smoke",
-    "--workdir",
-    str(tmp_path / "run"),
+  finetune = os.path.join(REPO, "configs", "gpt2_finetune.py") + ":smoke"
+  flags = [
     f"--config.model.pretrained={tmp_path / 'pretrained'}",
     "--config.model.dtype=float32",
     "--config.data.corpus=tiny_shakespeare",
@@ -516,9 +501,7 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
     "--config.train.eval_every=3",
     "--config.train.num_samples=0",
   ]
-  result = subprocess.run(
-    command, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600
-  )
+  result = run_main(tmp_path / "run", *flags, config=finetune)
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   assert "train/demd" in records[0]  # EMO from the first step: no warm-up needed.
@@ -533,20 +516,15 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
   # --mode eval on the workdir restores the checkpoint into the pretrained architecture: the
   # pretrained weights are not needed (nor read), only its config.json.
   os.remove(tmp_path / "pretrained" / "model.safetensors")
-  evaluation = subprocess.run(
-    command[:2]
-    + ["--mode", "eval"]
-    + command[2:]
-    + [
-      "--config.eval.split=validation",
-      "--config.eval.num_prompts=4",
-      "--config.eval.mauve_runs=1",
-      f"--config.eval.featurizer={tmp_path / 'run' / 'hf_export'}",
-    ],
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-    timeout=600,
+  evaluation = run_main(
+    tmp_path / "run",
+    "--mode=eval",
+    *flags,
+    "--config.eval.split=validation",
+    "--config.eval.num_prompts=4",
+    "--config.eval.mauve_runs=1",
+    f"--config.eval.featurizer={tmp_path / 'run' / 'hf_export'}",
+    config=finetune,
   )
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   best = json.load(open(tmp_path / "run" / "best_metric.json"))
