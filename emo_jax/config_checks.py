@@ -138,6 +138,7 @@ RULES: dict[str, Rule] = {
   "eval.model": TEXT,
   "eval.split": NAME,
   "eval.max_blocks": integer(0),
+  "eval.cost_model": TEXT,
   "eval.num_prompts": integer(0),
   "eval.prefix_words": optional(integer(1)),
   "eval.continuation_words": optional(integer(1)),

@@ -3,7 +3,9 @@
 ``evaluate_and_report(config, workdir)`` loads the model to evaluate (``eval.model``, an HF
 directory, or else the best checkpoint in ``workdir``), then
 
-1. perplexity on ``eval.split`` (token-weighted, padding excluded; the trainer's number);
+1. perplexity on ``eval.split`` (token-weighted, padding excluded; the trainer's number) and
+   the mean DEMD of the model's predictions there, under ``eval.cost_model``'s head (by
+   default the pretrained base's: the cost a fine-tuned run trained with);
 2. continuations of the corpus' MAUVE prompts (:mod:`emo_jax.evaluation.prompts`), unbiased sampling by
    default, exactly ``eval.max_new_tokens`` tokens;
 3. MAUVE (mean ± std over ``eval.mauve_runs``), ROUGE-1/2/L against the human continuations,
@@ -33,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from emo_jax import checkpointing, config_checks, models, sampling, sharding
+from emo_jax import checkpointing, config_checks, cost_embeddings, models, sampling, sharding
 from emo_jax import data as data_lib
 from emo_jax.data import input_pipeline
 from emo_jax.data import tokenizer as tokenizer_lib
@@ -71,6 +73,29 @@ def _tokenizer(config) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.resolve_tokenizer(
     config.data.tokenizer, config.eval.model or config.model.pretrained
   )
+
+
+def _demd_cost(config, model, params) -> tuple[jax.Array, str]:
+  """The normalised ``[V, d_c]`` cost embeddings of ``eval.cost_model`` (see
+  configs/default.py) and where they came from."""
+  source = config.eval.cost_model or config.model.pretrained
+  if source and source != config.eval.model:
+    cost_model, cost_params = models.from_pretrained(source)
+    if cost_model.vocab_size != model.vocab_size:
+      raise config_checks.invalid(
+        "eval.cost_model",
+        source,
+        f"a head of the evaluated model's vocabulary ({model.vocab_size} tokens, not "
+        f"{cost_model.vocab_size})",
+      )
+    description = f"{source} head"
+  else:
+    cost_model, cost_params = model, params
+    description = f"{source} head" if source else "the evaluated model's own head"
+  collection = cost_embeddings.make_cost_collection(
+    cost_model, cost_params, cost_embeddings.FROZEN_HEAD
+  )
+  return collection[cost_embeddings.COLLECTION]["embeddings"], description
 
 
 def _distribution_measures(model, params, reference, reference_params, blocks, batch_size=8):
@@ -120,11 +145,25 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   if eval_config.max_blocks:
     blocks = blocks[: eval_config.max_blocks]
   batch_size = eval_config.batch_size
-  eval_fn = jax.jit(functools.partial(token_metrics.eval_step, model=model))
-  results["perplexity"] = token_metrics.perplexity(eval_fn, params, blocks, batch_size, mesh)
+  cost, results["demd_cost"] = _demd_cost(config, model, params)
+  step = jax.jit(functools.partial(token_metrics.eval_step, model=model))
+  sums = token_metrics.token_sums(
+    lambda params, batch: step(params, batch, cost_embeddings=cost),
+    params,
+    blocks,
+    batch_size,
+    mesh,
+  )
+  results["perplexity"] = token_metrics.perplexity_from_sums(sums["ce_sum"], sums["count"])
+  results["mean_demd"] = sums["demd_sum"] / sums["count"]
   timings["perplexity_s"] = time.time() - start
   logging.info(
-    "perplexity %.3f on %d blocks of %s", results["perplexity"], len(blocks), eval_config.split
+    "perplexity %.3f, mean DEMD %.4f (cost: %s) on %d blocks of %s",
+    results["perplexity"],
+    results["mean_demd"],
+    results["demd_cost"],
+    len(blocks),
+    eval_config.split,
   )
 
   start = time.time()
@@ -294,6 +333,8 @@ def _write_results(results: dict[str, Any], workdir: str) -> None:
 def markdown_table(results: dict[str, Any]) -> str:
   """A one-row Markdown summary of :func:`evaluate_and_report`'s results."""
   columns = {"perplexity": f"{results['perplexity']:.2f}"}
+  if "mean_demd" in results:  # Absent from evaluations written before it was measured.
+    columns["mean DEMD"] = f"{results['mean_demd']:.4f}"
   mauve = results.get("mauve")  # Absent until scored (eval.text_metrics=False).
   if mauve:
     columns.update(
@@ -315,7 +356,9 @@ def markdown_table(results: dict[str, Any]) -> str:
   )
   header = (
     f"Model: {results['model']}; {results['corpus']}/{results['split']}, "
-    f"{results['num_prompts']} prompts, {scoring}.\n\n"
+    f"{results['num_prompts']} prompts, {scoring}"
+    + (f"; DEMD cost: {results['demd_cost']}" if "demd_cost" in results else "")
+    + ".\n\n"
   )
   return (
     header

@@ -83,7 +83,11 @@ def test_eval_of_an_hf_directory_against_itself(full_eval):
   assert results["oracle_perplexity"] == pytest.approx(np.exp(distribution["forward_ce"]), rel=0.05)
   # ... and the unbiased samples of a near-uniform model are nothing like human text.
   assert results["rouge"]["rouge2"] < 0.05
-  assert "| perplexity | MAUVE |" in open(tmp_path / "eval.md").read()
+  # No pretrained base in the config: the DEMD cost is the model's own head. A near-uniform
+  # model's expected cost is about 1 - (mean cosine between a row and the target's) ~ 1.
+  assert results["demd_cost"] == "the evaluated model's own head"
+  assert 0.9 < results["mean_demd"] < 1.1
+  assert "| perplexity | mean DEMD | MAUVE |" in open(tmp_path / "eval.md").read()
   assert "--- prefix:" in result.stdout
 
 
@@ -115,7 +119,7 @@ def test_generating_then_scoring_elsewhere_equals_one_evaluation(tmp_path, hf_di
   assert scored["perplexity"] == full["perplexity"]
   assert scored["mauve"]["runs"] == full["mauve"]["runs"]
   assert scored["rouge"] == full["rouge"] and scored["repetition"] == full["repetition"]
-  assert "| perplexity | MAUVE |" in open(tmp_path / "eval.md").read()
+  assert "| perplexity | mean DEMD | MAUVE |" in open(tmp_path / "eval.md").read()
 
 
 @pytest.mark.slow

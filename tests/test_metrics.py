@@ -34,6 +34,31 @@ def test_perplexity_is_exp_of_the_token_weighted_mean_ce(tiny):
     token_metrics.perplexity_from_sums(0.0, 0.0)
 
 
+@pytest.mark.parametrize("cost_width", [8, 5])  # The model's width (8) or another.
+def test_eval_step_mean_demd_matches_numpy(tiny, cost_width):
+  model, params = tiny
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(0, 41, (2, 9)).astype(np.int32)
+  weights = np.ones((2, 8), np.float32)
+  weights[1, 5:] = 0
+  cost = rng.normal(size=(41, cost_width)).astype(np.float32)  # Raw rows: normalised inside.
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
+  out = token_metrics.eval_step(params, batch, model=model, cost_embeddings=jnp.asarray(cost))
+  # NumPy transcription: DEMD_t = sum_i p_i (1 - cos(e_i, e_t)), token-weighted mean.
+  logits = np.asarray(model.apply({"params": params}, tokens[:, :-1]), np.float64)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  unit = cost / np.linalg.norm(cost, axis=-1, keepdims=True)
+  demd = np.einsum("btv,btv->bt", p, 1.0 - unit[tokens[:, 1:]] @ unit.T)
+  assert float(out["demd_sum"]) / float(out["count"]) == pytest.approx(
+    (demd * weights).sum() / weights.sum(), rel=1e-5
+  )
+  # The same call without a cost gives the same CE sums and no DEMD.
+  plain = token_metrics.eval_step(params, batch, model=model)
+  assert "demd_sum" not in plain
+  assert float(plain["ce_sum"]) == pytest.approx(float(out["ce_sum"]), rel=1e-6)
+
+
 @pytest.mark.parametrize(
   "sequences, n, expected",
   [

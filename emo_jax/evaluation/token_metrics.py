@@ -15,13 +15,20 @@ from emo_jax import fused_losses, models, sharding
 from emo_jax.data import input_pipeline
 
 
-def eval_step(params, batch, *, model) -> dict[str, jax.Array]:
-  """Summed token cross-entropy and token weight of one ``{inputs, targets, weights}`` batch."""
+def eval_step(params, batch, *, model, cost_embeddings=None) -> dict[str, jax.Array]:
+  """Summed token cross-entropy and token weight of one ``{inputs, targets, weights}`` batch;
+  with ``cost_embeddings [V, d_c]`` also the summed DEMD of the model's predictions,
+  ``Σ_i p_i (1 - ê_i·ê_t)`` per token (:func:`emo_jax.losses.demd`), under that cost."""
   hidden, head = models.hidden_states_and_head(model, params, batch["inputs"])
-  _, aux = fused_losses.fused_cross_entropy(
-    hidden, head, batch["targets"], weights=batch["weights"], reduction="sum"
-  )
-  return {"ce_sum": jnp.sum(aux["ce"] * batch["weights"]), "count": jnp.sum(batch["weights"])}
+  common = dict(weights=batch["weights"], reduction="sum")
+  if cost_embeddings is None:
+    _, aux = fused_losses.fused_cross_entropy(hidden, head, batch["targets"], **common)
+  else:  # The loss value is unused: only its per-token CE and DEMD.
+    _, aux = fused_losses.fused_emo(hidden, head, batch["targets"], cost_embeddings, **common)
+  sums = {"ce_sum": jnp.sum(aux["ce"] * batch["weights"]), "count": jnp.sum(batch["weights"])}
+  if cost_embeddings is not None:
+    sums["demd_sum"] = jnp.sum(aux["demd"] * batch["weights"])
+  return sums
 
 
 def perplexity_from_sums(ce_sum: float, count: float) -> float:
@@ -31,20 +38,27 @@ def perplexity_from_sums(ce_sum: float, count: float) -> float:
   return float(np.exp(ce_sum / count))
 
 
-def perplexity(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh) -> float:
-  """Perplexity of ``[n, L + 1]`` blocks; ``eval_fn`` is (a jit of) :func:`eval_step`.
+def token_sums(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh) -> dict:
+  """:func:`eval_step`'s sums over ``[n, L + 1]`` blocks; ``eval_fn(params, batch)`` is (a
+  jit of) it.
 
   Every block is seen once, the last batch padded with weight-0 rows; each process feeds its
   rows of every global batch (multi-process safe).
   """
-  ce_sum, count = 0.0, 0.0
+  totals: dict[str, float] = {}
   for batch in input_pipeline.eval_batches(
     blocks, global_batch_size, jax.process_index(), jax.process_count()
   ):
     out = eval_fn(params, sharding.global_batch(mesh, batch))
-    ce_sum += float(out["ce_sum"])
-    count += float(out["count"])
-  return perplexity_from_sums(ce_sum, count)
+    for name, value in out.items():
+      totals[name] = totals.get(name, 0.0) + float(value)
+  return totals
+
+
+def perplexity(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh) -> float:
+  """Perplexity of ``[n, L + 1]`` blocks (see :func:`token_sums`)."""
+  totals = token_sums(eval_fn, params, blocks, global_batch_size, mesh)
+  return perplexity_from_sums(totals.get("ce_sum", 0.0), totals.get("count", 0.0))
 
 
 def distribution_measures(
