@@ -62,19 +62,45 @@ METRICS = {
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """Where a study's fine-tuning starts and with which config."""
+  """Where a study's fine-tuning starts and with which config, and what else each point's
+  weights are evaluated on before its workdir may go (:data:`DECODING`, :data:`FEWSHOT`)."""
 
   finetune_config: str
   base_config: str | None  # Pretrained here by the "base" stage; None: a ready-made base.
   pretrained: str | None  # The ready-made base (any model source) when base_config is None.
   default_root: str  # Under workdirs/.
+  point_evaluations: bool = False  # The decoding and few-shot stages.
+  archive: str | None = None  # Where finished points are archived, under experiments/results/.
+
+
+@dataclasses.dataclass(frozen=True)
+class PointEvaluation:
+  """An evaluation that needs a fine-tuned point's weights, run on some of the grid."""
+
+  corpora: tuple[str, ...]
+  objectives: tuple[str, ...]  # BASE included: the untouched base gets it too.
+
+
+# Issue #17's decoding comparison: the main evaluation samples at temperature 1; these
+# temperatures are sampled again from the exported best model, each into its own workdir.
+DECODING = PointEvaluation(("wikitext2_raw_carved",), ("mle", "emo"))
+TEMPERATURES = (0.7, 0.85, 1.15)
+# Issue #17's few-shot downstream: the base and the WikiText-2-tuned MLE and EMO models.
+FEWSHOT = PointEvaluation(("wikitext2_raw_carved",), (BASE, "mle", "emo", "emo_demd"))
 
 
 SETTINGS = {
   # Issue #8: a 16M GPT-2 pretrained here, then fine-tuned (experiments/RESULTS.md).
   "cpu": Setting("study_finetune.py", "study_base.py", None, "study"),
   # Issue #17: the packaged SmolLM2-135M, the paper's continual fine-tuning setting.
-  "smollm2": Setting("smollm2_study.py", None, "smollm2-135m", "study_smollm2"),
+  "smollm2": Setting(
+    "smollm2_study.py",
+    None,
+    "smollm2-135m",
+    "study_smollm2",
+    point_evaluations=True,
+    archive="smollm2",
+  ),
 }
 
 
@@ -99,12 +125,68 @@ def run_dir(root, corpus, objective, seed):
   return os.path.join(root, corpus, objective, f"seed{seed}")
 
 
+def decoding_dir(root, corpus, objective, seed, temperature):
+  return os.path.join(run_dir(root, corpus, objective, seed), "decoding", f"T{temperature:.2f}")
+
+
+FEWSHOT_FILE = "fewshot.json"
+
+
+def point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec):
+  """``[(command, done_marker)]`` of the ``decoding`` or ``fewshot`` stage for one point
+  (none where the stage's :class:`PointEvaluation` does not cover it)."""
+  workdir = run_dir(root, corpus, objective, seed)
+  model = spec.pretrained if objective == BASE else os.path.join(workdir, "hf_export")
+  if stage == "decoding" and corpus in DECODING.corpora and objective in DECODING.objectives:
+    return [
+      (
+        _main_py(
+          spec.finetune_config,
+          decoding_dir(root, corpus, objective, seed, temperature),
+          "--mode",
+          "eval",
+          f"--config.eval.model={model}",
+          f"--config.model.pretrained={spec.pretrained}",  # The DEMD cost, as in training.
+          f"--config.data.corpus={corpus}",
+          f"--config.seed={seed}",
+          f"--config.eval.temperature={temperature}",
+          *extra,
+        ),
+        os.path.join(decoding_dir(root, corpus, objective, seed, temperature), "eval.json"),
+      )
+      for temperature in TEMPERATURES
+    ]
+  if stage == "fewshot" and corpus in FEWSHOT.corpora and objective in FEWSHOT.objectives:
+    out = os.path.join(workdir, FEWSHOT_FILE)
+    command = [
+      sys.executable,
+      os.path.join(REPO, "experiments", "fewshot.py"),
+      "--out",
+      out,
+      "--model",
+      f"{objective}={model}",
+    ]
+    return [(command, out)]
+  return []
+
+
 def stage_commands(
   stage, root, corpora=CORPORA, objectives=tuple(OBJECTIVES), seeds=SEEDS, extra=(), setting="cpu"
 ):
   """``[(command, done_marker)]`` of one stage of study ``setting`` (:data:`SETTINGS`)."""
   spec = SETTINGS[setting]
   base = os.path.join(root, "base")
+  if stage in ("decoding", "fewshot"):
+    if not spec.point_evaluations:
+      raise ValueError(f"study setting {setting!r} has no {stage} stage.")
+    points = [(c, o, s) for c in corpora for o in objectives for s in seeds]
+    if spec.base_config is None:
+      points += [(c, BASE, 0) for c in corpora]
+    return [
+      command
+      for corpus, objective, seed in points
+      for command in point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec)
+    ]
   if stage == "base":
     if spec.base_config is None:  # Ready-made: nothing to pretrain; evaluate it untouched.
       return [
@@ -150,7 +232,7 @@ def stage_commands(
             )
           )
         else:
-          raise ValueError(f"unknown stage {stage!r}: base, finetune or eval.")
+          raise ValueError(f"unknown stage {stage!r}: base, finetune, eval, decoding or fewshot.")
   return out
 
 
@@ -184,6 +266,71 @@ def run_stage(commands, root):
     if not os.path.exists(done):
       raise RuntimeError(f"{shlex.join(command)} exited 0 but did not write {done}.")
     record_timing(root, done, time.time() - start)
+
+
+# ----------------------------------------------------------------------------------------
+# Archive: what a finished point leaves in the repository.
+# ----------------------------------------------------------------------------------------
+
+ARCHIVED = "point.json"  # Written last: the point is archived once it exists.
+# Small files the report needs, relative to a point's workdir (checkpoints and samples stay).
+ARCHIVED_FILES = ("eval.json", "metrics.jsonl", "best_metric.json", FEWSHOT_FILE)
+
+
+def archive_dir(setting: str) -> str | None:
+  name = SETTINGS[setting].archive
+  return os.path.join(REPO, "experiments", "results", name) if name else None
+
+
+def is_archived(archive, corpus, objective, seed) -> bool:
+  return bool(archive) and os.path.exists(
+    os.path.join(run_dir(archive, corpus, objective, seed), ARCHIVED)
+  )
+
+
+def _commit() -> str:
+  result = subprocess.run(
+    ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+  )
+  return result.stdout.strip() or "unknown"
+
+
+def archive_point(root, archive, corpus, objective, seed, commit=None):
+  """Copies a finished point's small files from ``root`` into ``archive`` (same layout), with
+  its ``timings.jsonl`` records (markers made relative to the root), so that the report can
+  be rebuilt from the repository after the workdirs are gone. Returns the archived files."""
+  import shutil
+
+  source = run_dir(root, corpus, objective, seed)
+  target = run_dir(archive, corpus, objective, seed)
+  names = [name for name in ARCHIVED_FILES if os.path.exists(os.path.join(source, name))]
+  decoding = os.path.join(source, "decoding")
+  if os.path.isdir(decoding):
+    names += [
+      os.path.join("decoding", temperature, "eval.json")
+      for temperature in sorted(os.listdir(decoding))
+      if os.path.exists(os.path.join(decoding, temperature, "eval.json"))
+    ]
+  if "eval.json" not in names:
+    raise FileNotFoundError(f"{source} has no eval.json: evaluate the point before archiving it.")
+  for name in names:
+    os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+    shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+  timings = os.path.join(root, "timings.jsonl")
+  records = []
+  if os.path.exists(timings):
+    with open(timings) as f:
+      for line in f:
+        record = json.loads(line)
+        if os.path.abspath(record["marker"]).startswith(os.path.abspath(source) + os.sep):
+          records.append({**record, "marker": os.path.relpath(record["marker"], root)})
+  with open(os.path.join(target, "timings.jsonl"), "w") as f:
+    f.writelines(json.dumps(record) + "\n" for record in records)
+  summary = {"commit": commit or _commit(), "files": [*names, "timings.jsonl"]}
+  with open(os.path.join(target, ARCHIVED + ".tmp"), "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(os.path.join(target, ARCHIVED + ".tmp"), os.path.join(target, ARCHIVED))
+  return summary["files"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -322,26 +469,34 @@ def read_timings(root):
   record (a command rerun after its marker was deleted counts from scratch). The base
   model's key is ``("base", "", "", cores)``.
   """
+  import glob
+
   timings = {}
-  path = os.path.join(root, "timings.jsonl")
-  if not os.path.exists(path):
-    return timings
   latest, pending = {}, {}  # marker -> its last finished record; unfinished seconds since.
-  with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      marker = record["marker"]
-      if record.get("finished", True):
-        latest[marker] = {**record, "seconds": pending.pop(marker, 0.0) + record["seconds"]}
-      else:
-        pending[marker] = pending.get(marker, 0.0) + record["seconds"]
-  for record in latest.values():
-    marker = os.path.relpath(record["marker"], root).split(os.sep)
+  # The live root's log, then the archived points' own logs (markers relative to the root).
+  paths = [os.path.join(root, "timings.jsonl")]
+  paths += sorted(glob.glob(os.path.join(root, "*", "*", "seed*", "timings.jsonl")))
+  for path in filter(os.path.exists, paths):
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        marker = os.path.normpath(os.path.join(root, record["marker"]))
+        if record.get("finished", True):
+          latest[marker] = {**record, "seconds": pending.pop(marker, 0.0) + record["seconds"]}
+        else:
+          pending[marker] = pending.get(marker, 0.0) + record["seconds"]
+  for marker, record in latest.items():
+    marker = os.path.relpath(marker, root).split(os.sep)
     cores = record.get("cores", UNRECORDED_CORES)
     if marker[0] == "base":
       key, seed = ("base", "", "", cores), 0
     else:
-      stage = {"results.json": "finetune", "eval.json": "eval"}[marker[-1]]
+      if "decoding" in marker:
+        stage = f"decoding {marker[-2]}"
+      else:
+        stage = {"results.json": "finetune", "eval.json": "eval", FEWSHOT_FILE: "fewshot"}[
+          marker[-1]
+        ]
       key, seed = (stage, marker[0], marker[1], cores), int(marker[2].removeprefix("seed"))
     timings.setdefault(key, {})[seed] = record["seconds"]
   return timings
@@ -376,7 +531,9 @@ def timings_report(root, table) -> str:
       lines.append(f"| base | wikitext2+ptb | mle | {cores} | 1 | {minutes:.1f} | |")
   for corpus, objectives in table.items():
     for objective in objectives:
-      for stage in ("finetune", "eval"):
+      stages = ["finetune", "eval"]
+      stages += sorted({k[0] for k in timings if k[1:3] == (corpus, objective)} - set(stages))
+      for stage in stages:
         for cores in sorted({k[3] for k in timings if k[:3] == (stage, corpus, objective)}):
           runs = timings[(stage, corpus, objective, cores)]
           per_step = (
@@ -478,7 +635,9 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("action", choices=["commands", "run", "report"])
-  parser.add_argument("stage", nargs="?", choices=["base", "finetune", "eval"])
+  parser.add_argument(
+    "stage", nargs="?", choices=["base", "finetune", "eval", "decoding", "fewshot"]
+  )
   parser.add_argument(
     "--setting",
     default="cpu",
@@ -490,6 +649,12 @@ def main(argv=None):
   parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
   parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
   parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+  parser.add_argument(
+    "--archive",
+    help="run: copy each finished point's small files (evaluations, logs, timings) here, "
+    "and skip points already there; default experiments/results/<the setting's archive>",
+  )
+  parser.add_argument("--no_archive", action="store_true", help="run: archive nothing")
   parser.add_argument("--figures", help="report: write one PNG per corpus into this folder")
   parser.add_argument(
     "--update",
@@ -530,24 +695,55 @@ def main(argv=None):
     else:
       print(text)
     return
+  archive = None if args.no_archive else (args.archive or archive_dir(args.setting))
   if args.stage:
-    commands = stage_commands(args.stage, args.root, **grid)
+    groups = [(None, stage_commands(args.stage, args.root, **grid))]
   else:
-    # Everything: the base, then each grid point fine-tuned and at once evaluated, so an
-    # interrupted study leaves finished, reportable points rather than unevaluated runs.
-    points = zip(
-      stage_commands("finetune", args.root, **grid), stage_commands("eval", args.root, **grid)
-    )
-    base = stage_commands("base", args.root, args.corpora, extra=extra, setting=args.setting)
-    trained = [command for point in points for command in point]
-    # A pretrained base comes first (every point needs it); a ready-made one's evaluation
-    # is a reference row, so the fine-tuned points go first.
-    commands = trained + base if ready_made_base else base + trained
+    groups = point_groups(args.root, **grid)
   if args.action == "commands":
-    for command, _ in commands:
-      print(shlex.join(command))
-  else:
+    for _, commands in groups:
+      for command, _ in commands:
+        print(shlex.join(command))
+    return
+  commit = _commit()
+  for point, commands in groups:
+    if point and is_archived(archive, *point):
+      print(f"archived already: {run_dir(archive, *point)}", flush=True)
+      continue
     run_stage(commands, args.root)
+    if point and archive:
+      archive_point(args.root, archive, *point, commit=commit)
+      print(f"archived: {run_dir(archive, *point)}", flush=True)
+
+
+def point_groups(root, corpora, objectives, seeds, extra, setting):
+  """``[(point, commands)]`` of ``run`` without a stage: every point trained, evaluated and
+  given its point evaluations in a row, so an interrupted study leaves finished points (and,
+  with an archive, archived ones; ``point`` is ``(corpus, objective, seed)``, None for the
+  pretrained base of a study that has one)."""
+  spec = SETTINGS[setting]
+  grid = dict(extra=extra, setting=setting)
+  groups = []
+  for corpus in corpora:
+    for objective in objectives:
+      for seed in seeds:
+        one = dict(corpora=[corpus], objectives=[objective], seeds=[seed], **grid)
+        commands = stage_commands("finetune", root, **one) + stage_commands("eval", root, **one)
+        if spec.point_evaluations:
+          for stage in ("decoding", "fewshot"):
+            commands += point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec)
+        groups.append(((corpus, objective, seed), commands))
+  if spec.base_config is not None:
+    # A pretrained base comes first: every point needs it.
+    return [(None, stage_commands("base", root, corpora, extra=extra, setting=setting)), *groups]
+  # A ready-made base's evaluation is a reference row: after the fine-tuned points.
+  for corpus in corpora:
+    commands = stage_commands("base", root, [corpus], extra=extra, setting=setting)
+    if spec.point_evaluations:
+      for stage in ("decoding", "fewshot"):
+        commands += point_evaluation_commands(stage, root, corpus, BASE, 0, extra, spec)
+    groups.append(((corpus, BASE, 0), commands))
+  return groups
 
 
 if __name__ == "__main__":

@@ -364,6 +364,126 @@ def test_an_interrupted_point_counts_every_invocation(tmp_path):
 
 
 @pytest.mark.slow
+def test_study_v2_point_evaluations_cover_the_issues_models(tmp_path):
+  root = str(tmp_path)
+  decoding = study.stage_commands("decoding", root, setting="smollm2")
+  # MLE and EMO on WikiText-2 raw, every seed, each temperature; nothing else.
+  assert len(decoding) == 2 * len(study.SEEDS) * len(study.TEMPERATURES)
+  command, marker = decoding[0]
+  workdir = study.run_dir(root, "wikitext2_raw_carved", "mle", 0)
+  assert f"--config.eval.model={workdir}/hf_export" in command
+  assert "--config.eval.temperature=0.7" in command and "--mode" in command
+  assert marker == os.path.join(workdir, "decoding", "T0.70", "eval.json")
+  fewshot = study.stage_commands("fewshot", root, setting="smollm2")
+  models = [command[-1] for command, _ in fewshot]
+  # The base once, then MLE, EMO and EMO-DEMD fine-tuned on WikiText-2 raw, every seed.
+  assert len(fewshot) == 3 * len(study.SEEDS) + 1
+  assert models[-1] == "base=smollm2-135m" and models[0] == f"mle={workdir}/hf_export"
+  assert all(marker.endswith("fewshot.json") for _, marker in fewshot)
+  with pytest.raises(ValueError, match="no decoding stage"):
+    study.stage_commands("decoding", root)  # The CPU study has none.
+
+
+def test_study_v2_runs_each_point_whole_then_the_base(capsys):
+  study.main(["commands", "--setting", "smollm2", "--corpora", "wikitext2_raw_carved"])
+  lines = capsys.readouterr().out.strip().splitlines()
+  first_point = lines[:6]
+  assert "--mode eval" not in first_point[0] and "--mode eval" in first_point[1]
+  assert all("temperature" in line for line in first_point[2:5])
+  assert "fewshot.py" in first_point[5] and "mle/seed0" in first_point[5]
+  assert "base/seed0" in lines[-2] and "base=smollm2-135m" in lines[-1]
+
+
+def _finished_point(root, corpus="wikitext2_raw_carved", objective="mle", seed=0):
+  workdir = study.run_dir(str(root), corpus, objective, seed)
+  os.makedirs(os.path.join(workdir, "decoding", "T0.70"))
+  os.makedirs(os.path.join(workdir, "checkpoints"))
+  record = {"perplexity": 19.0, "mauve": {"mean": 0.4}, "rouge": {"rougeL": 0.13}}
+  record["repetition"] = {"rep-2": {"model": 0.02, "human": 0.04}}
+  for name in ("eval.json", os.path.join("decoding", "T0.70", "eval.json")):
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump(record, f)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"step": 10, "eval/perplexity": 20.0}) + "\n")
+  with open(os.path.join(workdir, "fewshot.json"), "w") as f:
+    json.dump({objective: {"tasks": {}}}, f)
+  with open(os.path.join(workdir, "checkpoints", "weights"), "wb") as f:
+    f.write(b"0" * 1000)
+  with open(os.path.join(root, "timings.jsonl"), "a") as f:
+    for name, seconds in [
+      ("results.json", 600.0),
+      ("eval.json", 300.0),
+      (os.path.join("decoding", "T0.70", "eval.json"), 200.0),
+      ("fewshot.json", 100.0),
+    ]:
+      marker = os.path.join(workdir, name)
+      f.write(json.dumps({"marker": marker, "seconds": seconds, "cores": 2}) + "\n")
+    other = study.run_dir(str(root), corpus, objective, seed + 1)  # Another point's record.
+    f.write(json.dumps({"marker": f"{other}/results.json", "seconds": 1.0, "cores": 2}) + "\n")
+  return workdir
+
+
+def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, monkeypatch):
+  root, archive = tmp_path / "workdirs", tmp_path / "archive"
+  root.mkdir()
+  _finished_point(root)
+  files = study.archive_point(str(root), str(archive), "wikitext2_raw_carved", "mle", 0, "abc")
+  assert sorted(files) == sorted(
+    [
+      "eval.json",
+      "metrics.jsonl",
+      "fewshot.json",
+      os.path.join("decoding", "T0.70", "eval.json"),
+      "timings.jsonl",
+    ]
+  )
+  archived = study.run_dir(str(archive), "wikitext2_raw_carved", "mle", 0)
+  assert not os.path.exists(os.path.join(archived, "checkpoints"))  # Weights stay behind.
+  assert json.load(open(os.path.join(archived, "point.json")))["commit"] == "abc"
+  assert study.is_archived(str(archive), "wikitext2_raw_carved", "mle", 0)
+  # Only this point's timings, with markers relative to the root.
+  records = [json.loads(line) for line in open(os.path.join(archived, "timings.jsonl"))]
+  assert len(records) == 4 and not any(os.path.isabs(r["marker"]) for r in records)
+  timings = study.read_timings(str(archive))
+  assert timings == {
+    ("finetune", "wikitext2_raw_carved", "mle", 2): {0: 600.0},
+    ("eval", "wikitext2_raw_carved", "mle", 2): {0: 300.0},
+    ("decoding T0.70", "wikitext2_raw_carved", "mle", 2): {0: 200.0},
+    ("fewshot", "wikitext2_raw_carved", "mle", 2): {0: 100.0},
+  }
+  table = study.collect(str(archive), ["wikitext2_raw_carved"], ["mle"], [0])
+  assert table["wikitext2_raw_carved"]["mle"]["perplexity"] == [19.0]
+  assert study.validation_curves(str(archive), "wikitext2_raw_carved", "mle") == {10: [20.0]}
+  # A run skips an archived point entirely (its workdir may be gone) and archives the rest.
+  ran, archived_points = [], []
+  monkeypatch.setattr(study, "run_stage", lambda commands, root: ran.append(commands))
+  monkeypatch.setattr(
+    study, "archive_point", lambda *args, **kwargs: archived_points.append(args[2:5])
+  )
+  study.main(
+    [
+      "run",
+      "--setting",
+      "smollm2",
+      "--root",
+      str(tmp_path / "elsewhere"),
+      "--archive",
+      str(archive),
+      "--corpora",
+      "wikitext2_raw_carved",
+      "--objectives",
+      "mle",
+      "--seeds",
+      "0",
+    ]
+  )
+  assert "archived already" in capsys.readouterr().out
+  assert archived_points == [("wikitext2_raw_carved", "base", 0)] and len(ran) == 1
+  monkeypatch.undo()
+  with pytest.raises(FileNotFoundError, match="no eval.json"):
+    study.archive_point(str(root), str(archive), "ag_news", "mle", 0)
+
+
 def test_cost_geometry_terms_match_direct_computations():
   """The diagnosis behind the AG News / Tiny Shakespeare collapse: its closed-form uniform
   DEMD must be DEMD of equal logits, and its CE/DEMD the losses module's on the model."""
