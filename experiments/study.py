@@ -57,6 +57,9 @@ METRICS = {
   "MAUVE": (("mauve", "mean"), True),
   "ROUGE-L": (("rouge", "rougeL"), True),
   "rep-2": (("repetition", "rep-2", "model"), False),
+  # Under the pretrained base's head for every row (eval.cost_model); evaluations written
+  # before it was measured (the CPU study's) show "–".
+  "mean DEMD": (("mean_demd",), False),
 }
 
 
@@ -339,7 +342,10 @@ def archive_point(root, archive, corpus, objective, seed, commit=None):
 
 
 def _lookup(record, path):
+  """The number at ``path`` in an eval.json record; NaN where the record lacks it."""
   for key in path:
+    if not isinstance(record, dict) or key not in record:
+      return float("nan")
     record = record[key]
   return float(record)
 
@@ -404,12 +410,16 @@ def markdown_report(table, baseline="mle") -> str:
     for objective, values in objectives.items():
       cells = []
       for metric, (_, higher) in METRICS.items():
+        if np.isnan(values[metric]).any():
+          cells.append("–")
+          continue
         mean, std = np.mean(values[metric]), np.std(values[metric])
         # Perplexities are in the hundreds; MAUVE and rep-2 can sit below 0.001 (Tiny
         # Shakespeare's rep-2 is 0.0002-0.002), where three decimals would read 0.000.
-        digits = 1 if metric == "perplexity" else 4
+        digits = 2 if metric == "perplexity" else 4
         cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
-        if reference is not None and objective not in (baseline, BASE):
+        comparable = reference is not None and not np.isnan(reference[metric]).any()
+        if comparable and objective not in (baseline, BASE):
           # Pair runs by seed: only seeds both objectives finished.
           common = [s for s in values["seeds"] if s in reference["seeds"]]
           pick = lambda run, metric=metric, common=common: [
@@ -424,6 +434,169 @@ def markdown_report(table, baseline="mle") -> str:
       lines.append(f"| {objective} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("")
   return "\n".join(lines)
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def decoding_table(root, corpus, objectives=DECODING.objectives, seeds=SEEDS):
+  """``{objective: {temperature: {"MAUVE": [...], "rep-2": [...], "seeds": [...]}}}``: the
+  main evaluation is temperature 1.0; a seed counts only where every temperature finished
+  (so each objective's temperatures are compared on the same seeds)."""
+  temperatures = sorted((*TEMPERATURES, 1.0))
+  table = {}
+  for objective in objectives:
+    for seed in seeds:
+      paths = {
+        t: os.path.join(
+          run_dir(root, corpus, objective, seed)
+          if t == 1.0
+          else decoding_dir(root, corpus, objective, seed, t),
+          "eval.json",
+        )
+        for t in temperatures
+      }
+      if not all(os.path.exists(path) for path in paths.values()):
+        continue
+      for t, path in paths.items():
+        record = _read_json(path)
+        cell = table.setdefault(objective, {}).setdefault(
+          t, {"MAUVE": [], "rep-2": [], "seeds": []}
+        )
+        cell["MAUVE"].append(_lookup(record, METRICS["MAUVE"][0]))
+        cell["rep-2"].append(_lookup(record, METRICS["rep-2"][0]))
+        cell["seeds"].append(seed)
+  return table
+
+
+def best_temperature(by_temperature) -> float:
+  """The temperature of the highest mean MAUVE over seeds (ties: the one nearest 1)."""
+  return max(by_temperature, key=lambda t: (np.mean(by_temperature[t]["MAUVE"]), -abs(t - 1.0)))
+
+
+def decoding_report(root, corpus, baseline="mle", seeds=SEEDS) -> str:
+  """Markdown: MAUVE and rep-2 per objective and temperature, each objective at its own best
+  temperature, and that best-vs-best comparison paired by seed against the baseline."""
+  table = decoding_table(root, corpus, seeds=seeds)
+  if not table:
+    return ""
+  temperatures = sorted((*TEMPERATURES, 1.0))
+  lines = [
+    f"#### {corpus}: decoding temperature (MAUVE / rep-2 of the model, mean ± std over seeds)",
+    "",
+    "| objective | seeds | " + " | ".join(f"T={t:g}" for t in temperatures) + " | best T |",
+    "|---|---:|" + "---|" * len(temperatures) + "---:|",
+  ]
+  for objective, by_temperature in table.items():
+    cells = [
+      f"{np.mean(c['MAUVE']):.3f} ± {np.std(c['MAUVE']):.3f} / {np.mean(c['rep-2']):.3f}"
+      for c in (by_temperature[t] for t in temperatures)
+    ]
+    seeds_done = len(by_temperature[1.0]["seeds"])
+    best = best_temperature(by_temperature)
+    lines.append(f"| {objective} | {seeds_done} | " + " | ".join(cells) + f" | {best:g} |")
+  lines.append("")
+  reference = table.get(baseline)
+  if reference:
+    reference_best = reference[best_temperature(reference)]
+    for objective, by_temperature in table.items():
+      if objective == baseline:
+        continue
+      best = by_temperature[best_temperature(by_temperature)]
+      common = [s for s in best["seeds"] if s in reference_best["seeds"]]
+      mine = [best["MAUVE"][best["seeds"].index(s)] for s in common]
+      theirs = [reference_best["MAUVE"][reference_best["seeds"].index(s)] for s in common]
+      p_value = paired_p_value(mine, theirs)
+      outcome = verdict(mine, theirs, higher_is_better=True)
+      lines.append(
+        f"Each at its own best temperature, {objective} vs {baseline} MAUVE: "
+        f"{np.mean(mine):.3f} vs {np.mean(theirs):.3f} over {len(common)} paired seeds — "
+        f"{outcome}" + (f" ({format_p_value(p_value)})" if p_value is not None else "") + "."
+      )
+    lines.append("")
+  return "\n".join(lines)
+
+
+def fewshot_results(root, corpora=FEWSHOT.corpora, objectives=FEWSHOT.objectives, seeds=SEEDS):
+  """``{task: {objective: {seed: result}}}`` from the points' ``fewshot.json`` (the base's
+  under seed 0); ``result`` is :func:`emo_jax.fewshot.evaluate_task`'s."""
+  results = {}
+  for corpus in corpora:
+    for objective in objectives:
+      for seed in (0,) if objective == BASE else seeds:
+        path = os.path.join(run_dir(root, corpus, objective, seed), FEWSHOT_FILE)
+        if not os.path.exists(path):
+          continue
+        for task, result in _read_json(path)[objective]["tasks"].items():
+          results.setdefault(task, {}).setdefault(objective, {})[seed] = result
+  return results
+
+
+def fewshot_report(root, baseline="mle", seeds=SEEDS) -> str:
+  """Markdown per task: accuracy [Wilson 95%] per model and seed, and an exact McNemar test
+  of each fine-tuned model against the baseline objective of the same seed."""
+  from emo_jax import fewshot
+
+  results = fewshot_results(root, seeds=seeds)
+  lines = []
+  for task, by_objective in sorted(results.items()):
+    lines += [
+      f"#### Few-shot {task}",
+      "",
+      f"| model | seed | queries | accuracy [95% CI] | vs {baseline}: +only / -only (McNemar p) |",
+      "|---|---:|---:|---|---|",
+    ]
+    for objective, by_seed in by_objective.items():
+      for seed, result in sorted(by_seed.items()):
+        reference = by_objective.get(baseline, {}).get(seed)
+        test = "—"
+        if reference is not None and objective not in (baseline, BASE):
+          paired = fewshot.mcnemar(result["correct"], reference["correct"])
+          test = f"+{paired['a_only']} / -{paired['b_only']} (p={paired['p_value']:.3f})"
+        lines.append(
+          f"| {objective} | {seed} | {len(result['correct'])} | {result['accuracy']:.3f} "
+          f"[{result['low']:.3f}, {result['high']:.3f}] | {test} |"
+        )
+    lines.append("")
+  return "\n".join(lines)
+
+
+def summary(root, table, seeds=SEEDS) -> dict:
+  """The machine-readable study (``experiments/results/smollm2_study.json``): per corpus,
+  objective and seed the main metrics, best step and the decoding runs; few-shot accuracies
+  per task, model and seed."""
+  points = {}
+  for corpus, objectives in table.items():
+    for objective, values in objectives.items():
+      for i, seed in enumerate(values["seeds"]):
+        workdir = run_dir(root, corpus, objective, seed)
+        entry = {
+          metric: (None if np.isnan(values[metric][i]) else values[metric][i]) for metric in METRICS
+        }
+        best_path = os.path.join(workdir, "best_metric.json")
+        entry["best step"] = _read_json(best_path)["step"] if os.path.exists(best_path) else None
+        decoding = {}
+        for temperature in TEMPERATURES:
+          path = os.path.join(decoding_dir(root, corpus, objective, seed, temperature), "eval.json")
+          if os.path.exists(path):
+            record = _read_json(path)
+            decoding[f"{temperature:g}"] = {
+              "MAUVE": _lookup(record, METRICS["MAUVE"][0]),
+              "rep-2": _lookup(record, METRICS["rep-2"][0]),
+            }
+        if decoding:
+          entry["decoding"] = decoding
+        points.setdefault(corpus, {}).setdefault(objective, {})[str(seed)] = entry
+  fewshot = {
+    task: {
+      objective: {str(seed): result["accuracy"] for seed, result in by_seed.items()}
+      for objective, by_seed in by_objective.items()
+    }
+    for task, by_objective in fewshot_results(root, seeds=seeds).items()
+  }
+  return {"points": points, "fewshot_accuracy": fewshot}
 
 
 def _run_metrics(root, corpus, objective, seeds):
@@ -628,8 +801,12 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
       path = plot_corpus(root, corpus, objectives, figures_dir)
       link = os.path.relpath(path, relative_to) if relative_to else path
       parts.append(f"![{corpus}]({link})\n")
+  for corpus in table:
+    if corpus in DECODING.corpora:
+      parts.append(decoding_report(root, corpus))
+  parts.append(fewshot_report(root))
   parts += ["### Wall-clock", "", timings_report(root, table), ""]
-  return "\n".join(parts)
+  return "\n".join(part for part in parts if part)
 
 
 def main(argv=None):
@@ -655,6 +832,9 @@ def main(argv=None):
     "and skip points already there; default experiments/results/<the setting's archive>",
   )
   parser.add_argument("--no_archive", action="store_true", help="run: archive nothing")
+  parser.add_argument(
+    "--summary", help="report: also write the machine-readable summary (JSON) to this file"
+  )
   parser.add_argument("--figures", help="report: write one PNG per corpus into this folder")
   parser.add_argument(
     "--update",
@@ -694,6 +874,10 @@ def main(argv=None):
       update_between_markers(args.update, text, args.section)
     else:
       print(text)
+    if args.summary:
+      with open(args.summary, "w") as f:
+        json.dump(summary(args.root, table, args.seeds), f, indent=1, sort_keys=True)
+        f.write("\n")
     return
   archive = None if args.no_archive else (args.archive or archive_dir(args.setting))
   if args.stage:

@@ -178,7 +178,7 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
   # MAUVE +0.2 on every seed: a win; perplexity +1 on every seed: a loss (lower is better).
   assert "(win, p" in emo_row.split("|")[4] and "(loss, p" in emo_row.split("|")[3]
   assert "p=0.000" not in report
-  assert "| 31.0 ± 0.8 |" in report.splitlines()[4]  # MLE perplexity: one decimal ...
+  assert "| 31.00 ± 0.82 |" in report.splitlines()[4]  # MLE perplexity: two decimals ...
   assert "| 0.0500 ± 0.0000 |" in report.splitlines()[4]  # ... rates: four.
   assert (study.format_p_value(0.0), study.format_p_value(0.0004)) == ("p<0.001", "p<0.001")
   assert study.format_p_value(0.0421) == "p=0.042"
@@ -212,7 +212,7 @@ def test_study_v2_report_has_the_base_row_without_a_verdict(tmp_path, capsys):
   report = capsys.readouterr().out
   assert "Evaluated grid points: **4 of 4**" in report  # The base row is not a grid point.
   base_row = next(line for line in report.splitlines() if line.startswith("| base |"))
-  assert base_row.startswith("| base | 1 | 33.0 ± 0.0 |") and "(" not in base_row
+  assert base_row.startswith("| base | 1 | 33.00 ± 0.00 |") and "(" not in base_row
   emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
   assert "(win, p<0.001)" in emo_row.split("|")[4]  # Paired with MLE: MAUVE +0.2 per seed.
 
@@ -482,6 +482,84 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
   monkeypatch.undo()
   with pytest.raises(FileNotFoundError, match="no eval.json"):
     study.archive_point(str(root), str(archive), "ag_news", "mle", 0)
+
+
+def _write_json(path, record):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(record, f)
+
+
+def _eval_record(mauve, rep2, perplexity=19.0, demd=0.5):
+  return {
+    "perplexity": perplexity,
+    "mean_demd": demd,
+    "mauve": {"mean": mauve},
+    "rouge": {"rougeL": 0.1},
+    "repetition": {"rep-2": {"model": rep2, "human": 0.04}},
+  }
+
+
+def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
+  root, corpus = str(tmp_path / "archive"), "wikitext2_raw_carved"
+  # MAUVE by temperature: MLE peaks at 0.85, EMO at 1.0 and is higher there on every seed.
+  curves = {"mle": {0.7: 0.30, 0.85: 0.40, 1.0: 0.35, 1.15: 0.20}}
+  curves["emo"] = {0.7: 0.25, 0.85: 0.40, 1.0: 0.50, 1.15: 0.30}
+  for objective, by_temperature in curves.items():
+    for seed in (0, 1, 2):
+      for temperature, mauve in by_temperature.items():
+        directory = (
+          study.run_dir(root, corpus, objective, seed)
+          if temperature == 1.0
+          else study.decoding_dir(root, corpus, objective, seed, temperature)
+        )
+        record = _eval_record(mauve + 0.01 * seed, rep2=0.1 - 0.05 * temperature)
+        _write_json(os.path.join(directory, "eval.json"), record)
+      _write_json(
+        os.path.join(study.run_dir(root, corpus, objective, seed), "best_metric.json"),
+        {"step": 50 + seed, "eval/perplexity": 18.0},
+      )
+      # Few-shot: EMO gets query 0 right where MLE does not, on every seed.
+      correct = [objective == "emo", True, False, True]
+      result = {"accuracy": float(np.mean(correct)), "low": 0.1, "high": 0.9, "correct": correct}
+      _write_json(
+        os.path.join(study.run_dir(root, corpus, objective, seed), "fewshot.json"),
+        {objective: {"tasks": {"sst2": result}}},
+      )
+  decoding_table = study.decoding_table(root, corpus)
+  assert study.best_temperature(decoding_table["mle"]) == 0.85
+  assert study.best_temperature(decoding_table["emo"]) == 1.0
+  report = study.decoding_report(root, corpus)
+  assert "| mle | 3 | 0.310 ± 0.008 / 0.065 |" in report
+  assert "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win (p<0.001)" in report
+  fewshot = study.fewshot_report(root)
+  assert "| emo | 2 | 4 | 0.750 [0.100, 0.900] | +1 / -0 (p=1.000) |" in fewshot
+  assert "| mle | 0 | 4 | 0.500 [0.100, 0.900] | — |" in fewshot
+
+  study.main(
+    [
+      "report",
+      "--setting",
+      "smollm2",
+      "--root",
+      root,
+      "--corpora",
+      corpus,
+      "--objectives",
+      "mle",
+      "emo",
+      "--summary",
+      str(tmp_path / "summary.json"),
+    ]
+  )
+  printed = capsys.readouterr().out
+  assert "decoding temperature" in printed and "Few-shot sst2" in printed
+  assert "| mean DEMD |" in printed and "0.5000 ± 0.0000 (tie)" in printed
+  summary = json.load(open(tmp_path / "summary.json"))
+  point = summary["points"][corpus]["emo"]["2"]
+  assert point["best step"] == 52 and point["MAUVE"] == pytest.approx(0.52)
+  assert point["decoding"]["0.85"]["MAUVE"] == pytest.approx(0.42)
+  assert summary["fewshot_accuracy"]["sst2"]["mle"] == {"0": 0.5, "1": 0.5, "2": 0.5}
 
 
 def test_cost_geometry_terms_match_direct_computations():
