@@ -122,9 +122,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval.split = "test"  # Split for perplexity and for the MAUVE prompts.
   config.eval.max_blocks = 0  # Cap on perplexity blocks (0 = the whole split).
   # Cost for the mean DEMD of the model's predictions on those blocks (any model source: its
-  # L2-normalised head). '' = model.pretrained's head -- the frozen cost a fine-tuned run
-  # trained with, the same for every objective --, or the evaluated model's own head when
-  # training started from scratch.
+  # L2-normalised head), e.g. the pretrained base a fine-tuned run trained with, so every
+  # objective is measured under one cost; '' = the evaluated model's own head.
   config.eval.cost_model = ""
   config.eval.num_prompts = 64  # MAUVE prompts, first N usable documents (paper: 4000-5000).
   # Words of each prompt's prefix and of its human continuation; None = the corpus's lengths

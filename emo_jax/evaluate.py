@@ -5,7 +5,7 @@ directory, or else the best checkpoint in ``workdir``), then
 
 1. perplexity on ``eval.split`` (token-weighted, padding excluded; the trainer's number) and
    the mean DEMD of the model's predictions there, under ``eval.cost_model``'s head (by
-   default the pretrained base's: the cost a fine-tuned run trained with);
+   default the evaluated model's own);
 2. continuations of the corpus' MAUVE prompts (:mod:`emo_jax.evaluation.prompts`), unbiased sampling by
    default, exactly ``eval.max_new_tokens`` tokens;
 3. MAUVE (mean ± std over ``eval.mauve_runs``), ROUGE-1/2/L against the human continuations,
@@ -78,7 +78,7 @@ def _tokenizer(config) -> tokenizer_lib.Tokenizer:
 def _demd_cost(config, model, params) -> tuple[jax.Array, str]:
   """The normalised ``[V, d_c]`` cost embeddings of ``eval.cost_model`` (see
   configs/default.py) and where they came from."""
-  source = config.eval.cost_model or config.model.pretrained
+  source = config.eval.cost_model
   if source and source != config.eval.model:
     cost_model, cost_params = models.from_pretrained(source)
     if cost_model.vocab_size != model.vocab_size:

@@ -149,7 +149,7 @@ def point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec)
           "--mode",
           "eval",
           f"--config.eval.model={model}",
-          f"--config.model.pretrained={spec.pretrained}",  # The DEMD cost, as in training.
+          f"--config.model.pretrained={spec.pretrained}",
           f"--config.data.corpus={corpus}",
           f"--config.seed={seed}",
           f"--config.eval.temperature={temperature}",
