@@ -149,7 +149,6 @@ def point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec)
           "--mode",
           "eval",
           f"--config.eval.model={model}",
-          f"--config.model.pretrained={spec.pretrained}",
           f"--config.data.corpus={corpus}",
           f"--config.seed={seed}",
           f"--config.eval.temperature={temperature}",
@@ -329,10 +328,10 @@ def archive_point(root, archive, corpus, objective, seed, commit=None):
           records.append({**record, "marker": os.path.relpath(record["marker"], root)})
   with open(os.path.join(target, "timings.jsonl"), "w") as f:
     f.writelines(json.dumps(record) + "\n" for record in records)
+  from emo_jax import checkpointing
+
   summary = {"commit": commit or _commit(), "files": [*names, "timings.jsonl"]}
-  with open(os.path.join(target, ARCHIVED + ".tmp"), "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(os.path.join(target, ARCHIVED + ".tmp"), os.path.join(target, ARCHIVED))
+  checkpointing.write_json_atomically(os.path.join(target, ARCHIVED), summary)
   return summary["files"]
 
 
