@@ -60,6 +60,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.tokenizer = ""
   config.data.block_size = 64  # Tokens per training example (the paper uses 256).
   config.data.max_eval_blocks = 256  # Cap on validation blocks per evaluation (0 = all).
+  # Instruction corpora ('alpaca'): the prompt before each response -- 'chat' (the
+  # tokenizer's chat template, one user turn) or 'alpaca' (Stanford Alpaca's template).
+  config.data.prompt_template = "chat"
 
   # ---- Objective -----------------------------------------------------------------------
   config.loss = ml_collections.ConfigDict()
@@ -83,6 +86,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.loss.fused = True  # Chunked loss from hidden states (no [N, V] logits buffer).
   # Longest chunk of the fused loss, in tokens; None = the library's default (512, EMO 341).
   config.loss.chunk_size = config_dict.placeholder(int)
+
+  # ---- LoRA (low-rank adapters; emo_jax.models.lora) ----------------------------------
+  config.lora = ml_collections.ConfigDict()
+  config.lora.rank = 0  # Adapter rank r; 0 = full fine-tuning (no adapters).
+  config.lora.alpha = 16.0  # The adapters' update is scaled by alpha / rank.
+  config.lora.dropout = 0.0  # Dropout on the adapters' input (training only).
+  # Dense layers to adapt, comma-separated module names or path suffixes (LLaMA: q_proj,
+  # k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2: c_attn, attn/c_proj,
+  # c_fc, mlp/c_proj). The base weights are frozen and absent from the optimizer state.
+  config.lora.targets = "q_proj,k_proj,v_proj,o_proj"
 
   # ---- Optimizer -----------------------------------------------------------------------
   config.optim = ml_collections.ConfigDict()

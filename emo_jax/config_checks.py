@@ -99,6 +99,7 @@ RULES: dict[str, Rule] = {
   "data.tokenizer": TEXT,
   "data.block_size": integer(2),  # An input and a target at least.
   "data.max_eval_blocks": integer(0),
+  "data.prompt_template": one_of("chat", "alpaca"),
   # Objective.
   "loss.name": one_of(*LOSS_NAMES),
   "loss.weighting": one_of("mle", "demd"),
@@ -110,6 +111,14 @@ RULES: dict[str, Rule] = {
   "loss.mle_warmup_steps": integer(0),
   "loss.fused": BOOLEAN,
   "loss.chunk_size": optional(integer(1)),
+  # LoRA.
+  "lora.rank": integer(0),
+  "lora.alpha": number(0, low_open=True),
+  "lora.dropout": number(0, 1, high_open=True),
+  "lora.targets": Rule(
+    lambda v: isinstance(v, str) and (not v or all(t.strip() for t in v.split(","))),
+    "a comma-separated list of dense-layer names ('q_proj,v_proj')",
+  ),
   # Optimizer.
   "optim.learning_rate": number(0, low_open=True),
   "optim.schedule": one_of(*SCHEDULES),
@@ -219,6 +228,10 @@ def _check_combinations(config: ml_collections.ConfigDict) -> None:
         loss.mle_warmup_steps,
         f"below train.num_steps ({train.num_steps}), or the run never uses loss.name={loss.name!r}",
       )
+  if config.lora.rank and not config.lora.targets.strip():
+    raise invalid(
+      "lora.targets", config.lora.targets, "at least one dense-layer name when lora.rank > 0"
+    )
   if train.batch_size % train.grad_accum_steps:
     raise invalid(
       "train.batch_size",

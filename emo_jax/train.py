@@ -43,9 +43,10 @@ from emo_jax import (
 )
 from emo_jax import cost_embeddings as cost_lib
 from emo_jax import data as data_lib
-from emo_jax.data import input_pipeline
+from emo_jax.data import input_pipeline, instructions
 from emo_jax.data import tokenizer as tokenizer_lib
 from emo_jax.evaluation import token_metrics
+from emo_jax.models import lora
 
 # An objective maps (hidden [..., d], head [V, d], targets [...], weights [...], cost
 # [V, d_c] | None) to (summed loss, per-token aux dict). Sums, not means: gradient
@@ -56,6 +57,8 @@ Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
+  # Every parameter; with LoRA the adapters too (``kernel_lora_a`` / ``_b``), and only they
+  # are trained: the optimizer state covers :func:`lora.split`'s trainable part.
   params: Any
   opt_state: Any
   rng: jax.Array  # Raw key data; dropout keys are folded from it per step.
@@ -183,14 +186,22 @@ def train_step(
   """One optimizer step over ``batch`` arrays ``[accum, micro_batch, length]``.
 
   The micro-batches' summed losses and gradients are added up and divided by the total
-  token weight, which makes accumulation exactly one big batch.
+  token weight, which makes accumulation exactly one big batch. Only the trainable part of
+  the parameters (:func:`lora.split`: the adapters under LoRA, else everything) gets a
+  gradient and an update; the frozen part is carried over untouched.
   """
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   cost = None if state.cost is None else state.cost["embeddings"]
+  trainable, frozen = lora.split(state.params)
 
-  def micro_loss(params, micro, rng):
+  def micro_loss(trainable, micro, rng):
     hidden, head = models.hidden_states_and_head(
-      model, params, micro["inputs"], dropout_rng=rng if use_dropout else None
+      model,
+      lora.combine(trainable, frozen),
+      micro["inputs"],
+      micro.get("attention_mask"),
+      micro.get("positions"),
+      dropout_rng=rng if use_dropout else None,
     )
     return objective(
       hidden, head, micro["targets"], micro["weights"], cost_lib.cost_or_head(cost, head)
@@ -201,7 +212,7 @@ def train_step(
   def accumulate(carry, micro_and_index):
     micro, index = micro_and_index
     grads_sum, loss_sum, ce_sum, demd_sum = carry
-    (loss, aux), grads = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index))
+    (loss, aux), grads = grad_fn(trainable, micro, jax.random.fold_in(step_rng, index))
     weights = micro["weights"]
     return (
       jax.tree.map(jnp.add, grads_sum, grads),
@@ -210,7 +221,7 @@ def train_step(
       demd_sum + jnp.sum(aux.get("demd", jnp.zeros_like(weights)) * weights),
     ), None
 
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  zeros = jax.tree.map(jnp.zeros_like, trainable)
   num_micro = batch["inputs"].shape[0]
   (grads, loss_sum, ce_sum, demd_sum), _ = jax.lax.scan(
     accumulate, (zeros, 0.0, 0.0, 0.0), (batch, jnp.arange(num_micro))
@@ -219,14 +230,18 @@ def train_step(
   grads = jax.tree.map(lambda g: g / token_count, grads)
   loss = loss_sum / token_count
 
-  updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
+  updates, new_opt_state = optimizer.update(grads, state.opt_state, trainable)
+  new_trainable = optax.apply_updates(trainable, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
   if skip_nonfinite:  # Keep the old parameters and moments when the step is not finite.
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_params = keep(new_params, state.params)
+    new_trainable = keep(new_trainable, trainable)
     new_opt_state = keep(new_opt_state, state.opt_state)
-  new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=lora.combine(new_trainable, frozen),
+    opt_state=new_opt_state,
+  )
   metrics = {
     "loss": loss,
     "ce": ce_sum / token_count,
@@ -244,7 +259,10 @@ def train_step(
 
 
 def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholder, cost_dim):
-  """The initial state, created already sharded (``eval_shape`` -> specs -> ``jit``)."""
+  """The initial state, created already sharded (``eval_shape`` -> specs -> ``jit``).
+
+  ``model`` is the one that trains (:func:`lora.adapt`'s, whose ``init`` adds adapters).
+  """
 
   def init_fn(rng):
     params_rng, state_rng = jax.random.split(rng)
@@ -260,7 +278,7 @@ def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholde
     return TrainState(
       step=jnp.array(0, jnp.int32),
       params=params,
-      opt_state=optimizer.init(params),
+      opt_state=optimizer.init(lora.split(params)[0]),
       rng=jax.random.key_data(state_rng),
       cost=cost,
     )
@@ -272,11 +290,19 @@ def create_train_state(model, optimizer, mesh, rng, seq_len, use_cost_placeholde
 @dataclasses.dataclass
 class _Data:
   train: input_pipeline.TrainIterator
-  eval_blocks: np.ndarray
+  eval_blocks: input_pipeline.Rows
   tokenizer: Any
+
+  @property
+  def batch_keys(self) -> tuple[str, ...]:
+    """Arrays of a batch: inputs, targets, weights (+ segment ids and positions for packed
+    instruction rows)."""
+    return tuple(input_pipeline.take_rows(self.eval_blocks, np.arange(1)))
 
 
 def load_data(config, model, tokenizer) -> _Data:
+  """Packed LM blocks, or, for an instruction corpus (:mod:`emo_jax.data.instructions`),
+  prompt-masked rows of prompt + response + EOS."""
   tokenizer.check_model_vocab(model.vocab_size)
   if config.data.block_size > model.max_length:
     raise config_checks.invalid(
@@ -286,13 +312,20 @@ def load_data(config, model, tokenizer) -> _Data:
     )
   blocks = {}
   for split in (config.data.train_split, config.data.eval_split):
+    name = f"{config.data.corpus}/{split}"
+    if config.data.corpus in instructions.CORPORA:
+      records = instructions.read_split(config.data, split)
+      blocks[split] = instructions.tokenize_and_pack(
+        records, tokenizer, config.data.prompt_template, config.data.block_size, name=name
+      )
+      continue
     documents = data_lib.read_split(config.data, split)
     blocks[split] = input_pipeline.tokenize_and_pack(
-      documents, tokenizer, config.data.block_size, name=f"{config.data.corpus}/{split}"
+      documents, tokenizer, config.data.block_size, name=name
     )
   eval_blocks = blocks[config.data.eval_split]
   if config.data.max_eval_blocks:
-    eval_blocks = eval_blocks[: config.data.max_eval_blocks]
+    eval_blocks = input_pipeline.first_rows(eval_blocks, config.data.max_eval_blocks)
   train = input_pipeline.TrainIterator(
     blocks[config.data.train_split],
     config.train.batch_size,
@@ -372,9 +405,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_checks.check_warmup(config.optim.warmup_steps, total_steps)
   optimizer, schedule = make_optimizer(config.optim, total_steps)
 
+  lora_config = lora_config_of(config)
+  # The model that trains: with adapters under LoRA. Evaluation, sampling, the best checkpoint
+  # and the export use the plain `model` with merged parameters (`plain_params`).
+  train_model = lora.adapt(model, lora_config)
+  plain_params = functools.partial(lora.merged, config=lora_config)
   frozen = config.loss.cost_source == cost_lib.FROZEN_HEAD
   state, state_shardings = create_train_state(
-    model,
+    train_model,
     optimizer,
     mesh,
     jax.random.key(config.seed),
@@ -386,7 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # The frozen cost: the pretrained head at step 0 (the paper's recipe) or, from scratch, the
   # head as MLE warm-up leaves it.
   snapshot_cost = jax.jit(
-    lambda params: cost_lib.make_cost_collection(model, params, cost_lib.FROZEN_HEAD)[
+    lambda params: cost_lib.make_cost_collection(model, plain_params(params), cost_lib.FROZEN_HEAD)[
       cost_lib.COLLECTION
     ],
     out_shardings=state_shardings.cost,
@@ -401,24 +439,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data.train.set_state(data_state["train"])
     logging.info("resumed from %s (step %d)", checkpointer.describe_latest(), int(state.step))
   elif pretrained_params is not None:
-    params = jax.device_put(pretrained_params, state_shardings.params)
+    # The pretrained weights, and the freshly initialised adapters if any.
+    adapters = lora.split(state.params)[0] if lora_config.enabled else {}
+    params = lora.combine(adapters, pretrained_params)
+    params = jax.device_put(params, state_shardings.params)
     state = state.replace(params=params, cost=snapshot_cost(params) if frozen else state.cost)
     del pretrained_params
     logging.info("loaded pretrained weights from %s", config.model.pretrained)
 
+  lora.check_targets(state.params, lora_config)
+  trainable_parameters = lora.count_parameters(lora.split(state.params)[0])
+  total_parameters = lora.count_parameters(jax.eval_shape(plain_params, state.params))
+  logging.info("%s", lora.describe(trainable_parameters, total_parameters))
+  if is_main:
+    print(lora.describe(trainable_parameters, total_parameters), flush=True)
+
   main_objective = make_objective(config.loss)
   warmup_objective = make_objective(config.loss, name="mle")
   micro_batch_sharding = sharding.batch_sharding(mesh, ndim=3, batch_axis=1)
-  batch_shardings = {k: micro_batch_sharding for k in ("inputs", "targets", "weights")}
+  batch_shardings = {k: micro_batch_sharding for k in data.batch_keys}
 
   def compile_step(objective):
     step = functools.partial(
       train_step,
-      model=model,
+      model=train_model,
       optimizer=optimizer,
       objective=objective,
       skip_nonfinite=config.train.nan_policy == "skip",
-      use_dropout=config.model.dropout > 0,
+      use_dropout=config.model.dropout > 0 or lora_config.dropout > 0,
     )
     return jax.jit(
       step,
@@ -429,7 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   steps = {"warmup": compile_step(warmup_objective), "main": compile_step(main_objective)}
   eval_fn = jax.jit(
-    functools.partial(token_metrics.eval_step, model=model),
+    lambda params, batch: token_metrics.eval_step(plain_params(params), batch, model=model),
     in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, 2)),
   )
 
@@ -451,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     logger.write(0, {"eval/perplexity": base["eval/perplexity"]})
     if config.train.num_samples and is_main:
-      base["samples"] = _samples(model, state.params, data, config)
+      base["samples"] = _samples(model, plain_params(state.params), data, config)
     if is_main:
       checkpointing.write_json_atomically(os.path.join(workdir, BASE_FILE), base)
   last_time, last_step, last_logged = time.time(), step, {}
@@ -500,7 +548,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if perplexity < best:
           best = perplexity
           best_metrics = {"step": step, "eval/perplexity": perplexity}
-          checkpointer.save_best(step, state.params, best_metrics)
+          checkpointer.save_best(step, plain_params(state.params), best_metrics)
           if is_main:
             checkpointing.write_json_atomically(
               os.path.join(workdir, BEST_METRIC_FILE), best_metrics
@@ -518,8 +566,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     preemption.restore()
     logger.close()
 
-  results = {"step": step, "best_eval_perplexity": best}
-  best_params = checkpointer.restore_best_params(checkpointing.abstract_like(state.params))
+  results = {
+    "step": step,
+    "best_eval_perplexity": best,
+    "trainable_parameters": trainable_parameters,
+    "total_parameters": total_parameters,
+  }
+  # The best checkpoint holds plain (merged) parameters: what evaluation and export read.
+  best_params = checkpointer.restore_best_params(
+    checkpointing.abstract_like(plain_params(state.params))
+  )
   if config.train.export_hf and is_main:
     export_dir = os.path.join(workdir, "hf_export")
     models.save_pretrained(model, best_params, export_dir)
@@ -544,23 +600,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
+def lora_config_of(config: ml_collections.ConfigDict) -> lora.LoraConfig:
+  return lora.LoraConfig(
+    rank=config.lora.rank,
+    alpha=config.lora.alpha,
+    dropout=config.lora.dropout,
+    targets=lora.target_names(config.lora.targets),
+  )
+
+
+def _sample_prompts(data: _Data, count: int, prefix: int = 16):
+  """``count`` (prompt, human continuation) token lists from the validation data: the first
+  ``prefix`` tokens of LM blocks and what follows; for instruction rows, the first example's
+  prompt and its reference response."""
+  if not isinstance(data.eval_blocks, dict):
+    rows = data.eval_blocks[:count]
+    return [
+      ([int(t) for t in row[:prefix] if t >= 0], [int(t) for t in row[prefix:] if t >= 0])
+      for row in rows
+    ]
+  rows = input_pipeline.first_rows(data.eval_blocks, count)
+  pairs = []
+  for inputs, targets, weights, segments in zip(
+    rows["inputs"], rows["targets"], rows["weights"], rows["attention_mask"]
+  ):
+    first = segments == 1
+    response_start = int(np.argmax(weights[first] > 0))  # Target index of the 1st response token.
+    prompt = inputs[first][: response_start + 1]
+    response = targets[first][response_start:]
+    pairs.append(([int(t) for t in prompt], [int(t) for t in response]))
+  return pairs
+
+
 def _samples(model, params, data: _Data, config) -> list[dict[str, str]]:
-  """Unbiased (ancestral) continuations of validation prefixes, next to the truth."""
-  prefix = 16
-  rows = data.eval_blocks[: config.train.num_samples]
-  prompts = [[int(t) for t in row[:prefix] if t >= 0] for row in rows]
+  """Unbiased (ancestral) continuations of validation prompts, next to the truth."""
+  pairs = _sample_prompts(data, config.train.num_samples)
+  prompts = [prompt for prompt, _ in pairs]
   ids, mask = sampling.left_pad(prompts, data.tokenizer.pad_id)
   tokens = sampling.sample(
     model, params, ids, mask, jax.random.key(config.seed), max_new_tokens=config.train.sample_tokens
   )
   samples = []
-  for prompt, row, continuation in zip(prompts, rows, np.asarray(tokens)):
-    truth = [int(t) for t in row[prefix : prefix + config.train.sample_tokens] if t >= 0]
+  for (prompt, truth), continuation in zip(pairs, np.asarray(tokens)):
     samples.append(
       {
         "prompt": data.tokenizer.decode(prompt),
         "model": data.tokenizer.decode(continuation.tolist()),
-        "human": data.tokenizer.decode(truth),
+        "human": data.tokenizer.decode(truth[: config.train.sample_tokens]),
       }
     )
   return samples

@@ -8,6 +8,7 @@ import pytest
 
 from configs import default
 from emo_jax import config_checks, evaluate, train
+from emo_jax.data import instructions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +29,7 @@ BAD_VALUES = {
   "data.eval_split": [""],
   "data.block_size": [0, 1, -4],
   "data.max_eval_blocks": [-1],
+  "data.prompt_template": ["chatml", ""],
   "loss.name": ["emd", "MLE"],
   "loss.weighting": ["ce"],
   "loss.max_weight": [0.0, -3.0, float("inf")],
@@ -36,6 +38,10 @@ BAD_VALUES = {
   "loss.cost_source": ["head"],
   "loss.mle_warmup_steps": [-1],
   "loss.chunk_size": [0, -512],
+  "lora.rank": [-1],
+  "lora.alpha": [0.0, -16.0],
+  "lora.dropout": [1.0, -0.1],
+  "lora.targets": ["q_proj,,v_proj", " "],
   "optim.learning_rate": [0.0, -1.0, float("nan")],
   "optim.schedule": ["exponential"],
   "optim.warmup_steps": [-1],
@@ -121,7 +127,9 @@ def test_smoke_variant_shrinks_sizes_and_keeps_the_recipe(name):
   module = importlib.import_module(f"configs.{name}")
   full, smoke = module.get_config(), module.get_config("smoke")
   assert smoke.train.num_steps == 12 and smoke.train.num_epochs == 0
-  assert smoke.data.block_size == 16 and smoke.train.batch_size == 4
+  # Instruction rows must hold a whole chat prompt (configs/smollm2_instruct.py).
+  smoke_block = 160 if smoke.data.corpus in instructions.CORPORA else 16
+  assert smoke.data.block_size == smoke_block and smoke.train.batch_size == 4
   assert not smoke.train.tensorboard and smoke.eval.num_prompts == 8
   # What the config is about stays: model source, objective, optimizer, corpus.
   for field in (

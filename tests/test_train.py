@@ -131,9 +131,9 @@ def uninterrupted_losses(uninterrupted_workdir):
   return losses_by_step(uninterrupted_workdir)
 
 
-def interrupt_at_step(workdir, sig, step, extra=LONGER):
+def interrupt_at_step(workdir, sig, step, extra=LONGER, config=SMOKE_CONFIG):
   """Starts a run (LONGER by default) and sends ``sig`` once ``step`` has been logged."""
-  process = run_main(workdir, *extra, wait=False)
+  process = run_main(workdir, *extra, wait=False, config=config)
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:

@@ -67,6 +67,41 @@ def tokenize_and_pack(
   return blocks
 
 
+Rows = np.ndarray | Batch  # [n, L + 1] packed blocks, or a batch of n rows (instruction data)
+
+
+def num_rows(rows: Rows) -> int:
+  return len(rows["inputs"]) if isinstance(rows, dict) else len(rows)
+
+
+def take_rows(rows: Rows, indices: np.ndarray) -> Batch:
+  """The batch of rows ``indices``: blocks are split into inputs/targets/weights, a batch of
+  rows (:mod:`emo_jax.data.instructions`) is indexed as it is."""
+  if isinstance(rows, dict):
+    return {k: v[indices] for k, v in rows.items()}
+  return blocks_to_batch(rows[indices])
+
+
+def first_rows(rows: Rows, count: int) -> Rows:
+  if isinstance(rows, dict):
+    return {k: v[:count] for k, v in rows.items()}
+  return rows[:count]
+
+
+def pad_rows(rows: Rows, count: int) -> Rows:
+  """``rows`` followed by weight-0 padding rows, ``count`` in all."""
+  if isinstance(rows, dict):
+    fill = {"targets": -1}
+    padded = {}
+    for k, v in rows.items():
+      padded[k] = np.full((count, *v.shape[1:]), fill.get(k, 0), v.dtype)
+      padded[k][: len(v)] = v
+    return padded
+  padded = np.full((count, rows.shape[1]), -1, np.int32)
+  padded[: len(rows)] = rows
+  return padded
+
+
 def blocks_to_batch(blocks: np.ndarray) -> Batch:
   """Splits ``[n, L + 1]`` blocks (``-1`` = padding) into inputs/targets/weights."""
   inputs, targets = blocks[:, :-1], blocks[:, 1:]
@@ -80,14 +115,15 @@ def blocks_to_batch(blocks: np.ndarray) -> Batch:
 
 @dataclasses.dataclass
 class TrainIterator:
-  """Endless shuffled batches over the blocks; state ``{epoch, position}`` is resumable.
+  """Endless shuffled batches over the blocks (or instruction rows: :data:`Rows`); state
+  ``{epoch, position}`` is resumable.
 
   Each global batch has ``global_batch_size`` blocks; this process yields rows
   ``[process_index · local, (process_index + 1) · local)`` of it. The last incomplete
   global batch of an epoch is dropped (the next epoch reshuffles everything).
   """
 
-  blocks: np.ndarray
+  blocks: Rows
   global_batch_size: int
   seed: int
   process_index: int = 0
@@ -100,18 +136,18 @@ class TrainIterator:
       raise ValueError(
         f"global batch {self.global_batch_size} is not divisible by {self.process_count} processes."
       )
-    if len(self.blocks) < self.global_batch_size:
+    if num_rows(self.blocks) < self.global_batch_size:
       raise ValueError(
-        f"the training split has {len(self.blocks)} blocks, fewer than one "
+        f"the training split has {num_rows(self.blocks)} blocks, fewer than one "
         f"global batch ({self.global_batch_size})."
       )
 
   @property
   def batches_per_epoch(self) -> int:
-    return len(self.blocks) // self.global_batch_size
+    return num_rows(self.blocks) // self.global_batch_size
 
   def _order(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+    return np.random.default_rng([self.seed, epoch]).permutation(num_rows(self.blocks))
 
   def __iter__(self) -> Iterator[Batch]:
     return self
@@ -123,7 +159,7 @@ class TrainIterator:
     self.position += 1
     if self.position == self.batches_per_epoch:  # Keep the state canonical at epoch ends.
       self.epoch, self.position = self.epoch + 1, 0
-    return blocks_to_batch(self.blocks[rows])
+    return take_rows(self.blocks, rows)
 
   def get_state(self) -> dict[str, int]:
     return {"epoch": int(self.epoch), "position": int(self.position)}
@@ -133,13 +169,12 @@ class TrainIterator:
 
 
 def eval_batches(
-  blocks: np.ndarray, global_batch_size: int, process_index: int = 0, process_count: int = 1
+  blocks: Rows, global_batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[Batch]:
-  """Every block once, in order; the last batch is padded with weight-0 rows."""
+  """Every block (or row) once, in order; the last batch is padded with weight-0 rows."""
   local = global_batch_size // process_count
-  num_batches = -(-len(blocks) // global_batch_size)
-  padded = np.full((num_batches * global_batch_size, blocks.shape[1]), -1, np.int32)
-  padded[: len(blocks)] = blocks
+  num_batches = -(-num_rows(blocks) // global_batch_size)
+  padded = pad_rows(blocks, num_batches * global_batch_size)
   for b in range(num_batches):
     start = b * global_batch_size + process_index * local
-    yield blocks_to_batch(padded[start : start + local])
+    yield take_rows(padded, np.arange(start, start + local))

@@ -16,10 +16,13 @@ from emo_jax.data import input_pipeline
 
 
 def eval_step(params, batch, *, model, cost_embeddings=None) -> dict[str, jax.Array]:
-  """Summed token cross-entropy and token weight of one ``{inputs, targets, weights}`` batch;
+  """Summed token cross-entropy and token weight of one ``{inputs, targets, weights}`` batch
+  (packed instruction rows add ``attention_mask`` and ``positions``);
   with ``cost_embeddings [V, d_c]`` also the summed DEMD of the model's predictions,
   ``Σ_i p_i (1 - ê_i·ê_t)`` per token (:func:`emo_jax.losses.demd`), under that cost."""
-  hidden, head = models.hidden_states_and_head(model, params, batch["inputs"])
+  hidden, head = models.hidden_states_and_head(
+    model, params, batch["inputs"], batch.get("attention_mask"), batch.get("positions")
+  )
   common = dict(weights=batch["weights"], reduction="sum")
   if cost_embeddings is None:
     _, aux = fused_losses.fused_cross_entropy(hidden, head, batch["targets"], **common)
@@ -38,9 +41,9 @@ def perplexity_from_sums(ce_sum: float, count: float) -> float:
   return float(np.exp(ce_sum / count))
 
 
-def token_sums(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh) -> dict:
-  """:func:`eval_step`'s sums over ``[n, L + 1]`` blocks; ``eval_fn(params, batch)`` is (a
-  jit of) it.
+def token_sums(eval_fn, params, blocks: input_pipeline.Rows, global_batch_size: int, mesh) -> dict:
+  """:func:`eval_step`'s sums over ``[n, L + 1]`` blocks (or instruction rows); ``eval_fn(params,
+  batch)`` is (a jit of) it.
 
   Every block is seen once, the last batch padded with weight-0 rows; each process feeds its
   rows of every global batch (multi-process safe).
@@ -55,7 +58,7 @@ def token_sums(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh
   return totals
 
 
-def perplexity(eval_fn, params, blocks: np.ndarray, global_batch_size: int, mesh) -> float:
+def perplexity(eval_fn, params, blocks: input_pipeline.Rows, global_batch_size: int, mesh) -> float:
   """Perplexity of ``[n, L + 1]`` blocks (see :func:`token_sums`)."""
   totals = token_sums(eval_fn, params, blocks, global_batch_size, mesh)
   return perplexity_from_sums(totals.get("ce_sum", 0.0), totals.get("count", 0.0))

@@ -10,6 +10,9 @@ A model is a Flax Linen module with
 * ``__call__(input_ids, attention_mask=None, position_ids=None, deterministic=True,
   decode=False)`` -> float32 logits ``[B, T, V]``;
 * ``hidden_states(...)`` (same arguments) -> the LM head's input ``[B, T, d]``;
+* ``attention_mask [B, S]``: 0 marks padding; outside decoding its values are segment ids
+  (several examples packed in one row attend only within themselves; a 0/1 mask is one
+  segment), with ``position_ids`` restarting per segment;
 * ``output_embeddings()`` -> the LM head as a ``[V, d]`` matrix (tied or not; no bias), which
   the fused losses multiply chunk by chunk;
 * decoding with ``decode=True``: keys/values are appended to a ``cache`` collection
@@ -133,20 +136,26 @@ def hidden_states_and_head(
   params,
   input_ids: Array,
   attention_mask: Array | None = None,
+  position_ids: Array | None = None,
   *,
   dropout_rng: jax.Array | None = None,
 ) -> tuple[Array, Array]:
   """Final hidden states ``[B, T, d]`` and the head ``[V, d]`` in one ``apply``.
 
-  Dropout is on exactly when ``dropout_rng`` is given.
+  ``attention_mask`` / ``position_ids`` as in ``hidden_states`` (packed rows pass segment
+  ids and positions that restart per segment). Dropout is on exactly when ``dropout_rng`` is
+  given.
   """
   deterministic = dropout_rng is None
   rngs = {} if deterministic else {"dropout": dropout_rng}
 
-  def both(module, ids, mask):
-    return module.hidden_states(ids, mask, deterministic=deterministic), module.output_embeddings()
+  def both(module, ids, mask, positions):
+    hidden = module.hidden_states(ids, mask, positions, deterministic=deterministic)
+    return hidden, module.output_embeddings()
 
-  return model.apply({"params": params}, input_ids, attention_mask, rngs=rngs, method=both)
+  return model.apply(
+    {"params": params}, input_ids, attention_mask, position_ids, rngs=rngs, method=both
+  )
 
 
 def output_embeddings(model: CausalLM, params) -> Array:

@@ -138,7 +138,9 @@ def causal_attention(
 
   With ``decode`` the keys and values go through :func:`update_kv_cache` first. ``H`` must
   be a multiple of ``K``: each group of ``H / K`` query heads shares one key/value head.
-  ``attention_mask [B, S]`` (1 = real token) masks padded keys. Scores and softmax are
+  ``attention_mask [B, S]`` masks padded keys (0) and, outside decoding, holds segment ids:
+  with several examples packed in a row (ids 1, 2, ...), a query attends only to keys with its
+  own id; a 0/1 mask is the usual padding mask. Scores and softmax are
   float32; the returned ``[B, T, H, D]`` is in ``dtype``.
   """
   batch, length, num_heads, head_dim = query.shape
@@ -158,7 +160,13 @@ def causal_attention(
   causal = key_positions[None, :] <= query_positions[:, None]  # [T, S]
   mask = causal[None, None] & key_mask[:, None, None, :]  # [B, 1, T, S]
   if attention_mask is not None:
-    mask = mask & attention_mask.astype(jnp.bool_)[:, None, None, :]
+    mask = mask & (attention_mask != 0)[:, None, None, :]
+    if not decode:
+      # Packed rows: a query sees only keys of its own segment. A 0/1 mask is one segment;
+      # padded queries (0) keep seeing every real key before them, as HF's do.
+      segment = attention_mask[:, :, None]  # [B, T, 1]
+      same = (segment == attention_mask[:, None, :]) | (segment == 0)  # [B, T, S]
+      mask = mask & same[:, None]
 
   groups = num_heads // num_kv_heads
   if groups > 1:
