@@ -19,7 +19,8 @@ data.
 
 Sized for a 2-core CPU: 4 rows of 512 positions a step (about 2,000 positions, as the LM
 fine-tuning's 8 x 256), 60 steps, validation (response-token perplexity) every 10 steps on
-the first 32 validation rows, the best checkpoint merged and exported.
+the first 32 validation rows, the best checkpoint merged and exported. ``--mode eval`` scores
+the held-out test instructions (``emo_jax.evaluate.evaluate_instructions``).
 """
 
 from configs import default, smollm2_finetune
@@ -51,6 +52,14 @@ def get_config(variant: str = ""):
   config.train.num_samples = 3
   config.train.sample_tokens = 64
   config.train.compare_with_base = True
+
+  # --mode eval: every held-out test instruction (245), responses up to EOS or 128 tokens,
+  # sampled (unbiased) and greedy; mean DEMD under the base's head for every objective.
+  config.eval.split = "test"
+  config.eval.num_prompts = 500
+  config.eval.max_new_tokens = 128
+  config.eval.batch_size = 32
+  config.eval.cost_model = "smollm2-135m"
   config = default.sized(config, variant)
   if variant == "smoke":
     # A chat prompt alone is ~40 tokens (SmolLM2's default system turn included): the smoke

@@ -37,7 +37,7 @@ import ml_collections
 
 from emo_jax import checkpointing, config_checks, cost_embeddings, models, sampling, sharding
 from emo_jax import data as data_lib
-from emo_jax.data import input_pipeline
+from emo_jax.data import input_pipeline, instructions
 from emo_jax.data import tokenizer as tokenizer_lib
 from emo_jax.evaluation import featurizers, text_metrics, token_metrics
 from emo_jax.evaluation import prompts as prompts_lib
@@ -135,6 +135,10 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
     "seed": config.seed,
   }
   timings = {}
+  if config.data.corpus in instructions.CORPORA:
+    results.update(evaluate_instructions(config, workdir, model, params, tokenizer, mesh))
+    _write_results(results, workdir)
+    return results
 
   start = time.time()
   documents = data_lib.read_split(config.data, eval_config.split)
@@ -246,6 +250,145 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict
   return results
 
 
+def evaluate_instructions(config, workdir, model, params, tokenizer, mesh) -> dict[str, Any]:
+  """Held-out instructions (``eval.split`` of an instruction corpus): the response tokens'
+  perplexity under the reference outputs and the mean DEMD there (rows packed as in
+  training); then each prompt's response, up to EOS or ``eval.max_new_tokens`` tokens, by the
+  configured decoding (unbiased by default) and greedily: ROUGE-1/2/L of both against the
+  references, MAUVE of the configured decoding against them, and response lengths in words.
+  ``generations.jsonl`` holds instruction, both responses and the reference per record (its
+  ``model`` / ``human`` fields are the sampled response and the reference, what ``--mode
+  score`` reads)."""
+  eval_config = config.eval
+  timings = {}
+  start = time.time()
+  records = instructions.read_split(config.data, eval_config.split)
+  if eval_config.num_prompts:
+    records = records[: eval_config.num_prompts]
+  block_size = min(config.data.block_size, model.max_length)
+  rows = instructions.tokenize_and_pack(
+    records,
+    tokenizer,
+    config.data.prompt_template,
+    block_size,
+    name=f"{config.data.corpus}/{eval_config.split}",
+  )
+  cost, demd_cost = _demd_cost(config, model, params)
+  step = jax.jit(functools.partial(token_metrics.eval_step, model=model))
+  sums = token_metrics.token_sums(
+    lambda params, batch: step(params, batch, cost_embeddings=cost),
+    params,
+    rows,
+    eval_config.batch_size,
+    mesh,
+  )
+  results: dict[str, Any] = {
+    "perplexity": token_metrics.perplexity_from_sums(sums["ce_sum"], sums["count"]),
+    "mean_demd": sums["demd_sum"] / sums["count"],
+    "demd_cost": demd_cost,
+    "response_tokens": int(sums["count"]),
+    "num_prompts": len(records),
+  }
+  timings["perplexity_s"] = time.time() - start
+  logging.info(
+    "response perplexity %.3f, mean DEMD %.4f on %d records of %s",
+    results["perplexity"],
+    results["mean_demd"],
+    len(records),
+    eval_config.split,
+  )
+
+  prompts = [
+    tokenizer.encode(instructions.prompt_text(r, config.data.prompt_template, tokenizer))
+    for r in records
+  ]
+  longest = model.max_length - eval_config.max_new_tokens
+  too_long = sum(len(p) > longest for p in prompts)
+  if too_long:
+    raise config_checks.invalid(
+      "eval.max_new_tokens",
+      eval_config.max_new_tokens,
+      f"small enough that every prompt fits the model with it ({too_long} prompts do not)",
+    )
+  decode = functools.partial(
+    sampling.generate,
+    model,
+    params,
+    prompts,
+    jax.random.key(config.seed),
+    max_new_tokens=eval_config.max_new_tokens,
+    batch_size=eval_config.batch_size,
+    mesh=mesh,
+    eos_id=tokenizer.eos_id,
+    pad_id=tokenizer.pad_id,
+  )
+  references = [r.output for r in records]
+  responses = {}
+  for name, decoding in (
+    (
+      "sampled",
+      dict(
+        temperature=eval_config.temperature,
+        top_k=eval_config.top_k,
+        top_p=eval_config.top_p,
+        typical_p=eval_config.typical_p,
+        greedy=eval_config.greedy,
+      ),
+    ),
+    ("greedy", dict(greedy=True)),
+  ):
+    start = time.time()
+    tokens = decode(**decoding)
+    responses[name] = [
+      tokenizer.decode(sampling.trim_at_eos(t, tokenizer.eos_id)).strip() for t in tokens
+    ]
+    timings[f"generation_{name}_s"] = time.time() - start
+    results[f"{name}_finished"] = sum(tokenizer.eos_id in t for t in tokens) / len(tokens)
+
+  with open(os.path.join(workdir, GENERATIONS), "w") as f:
+    f.writelines(
+      json.dumps(
+        {
+          "prefix": record.user_message,
+          "model": sampled,
+          "greedy": greedy,
+          "human": record.output,
+        }
+      )
+      + "\n"
+      for record, sampled, greedy in zip(records, responses["sampled"], responses["greedy"])
+    )
+  start = time.time()
+  mauve_and_more = score_text(responses["sampled"], references, eval_config, config.seed)
+  results["mauve"] = mauve_and_more["mauve"]
+  results["rouge"] = mauve_and_more["rouge"]  # Of the sampled responses.
+  results["repetition"] = mauve_and_more["repetition"]
+  results["greedy_rouge"] = text_metrics.rouge(responses["greedy"], references)
+  words = lambda texts: sum(len(t.split()) for t in texts) / len(texts)
+  results["response_words"] = {
+    "sampled": words(responses["sampled"]),
+    "greedy": words(responses["greedy"]),
+    "reference": words(references),
+  }
+  timings["text_metrics_s"] = time.time() - start
+  results["timings"] = timings
+  results["examples"] = [
+    {
+      "prefix": r.user_message,
+      "model": responses["sampled"][i],
+      "greedy": responses["greedy"][i],
+      "human": r.output,
+    }
+    for i, r in enumerate(records[: eval_config.num_examples])
+  ]
+  for example in results["examples"]:
+    print(
+      f"\n--- instruction: {example['prefix']!r}\n    sampled: {example['model']!r}\n"
+      f"    greedy:  {example['greedy']!r}\n    reference: {example['human']!r}"
+    )
+  return results
+
+
 def score_text(
   continuations: list[str],
   humans: list[str],
@@ -345,6 +488,11 @@ def markdown_table(results: dict[str, Any]) -> str:
         ),
         "rep-2 (model/human)": "{model:.3f}/{human:.3f}".format(**results["repetition"]["rep-2"]),
       }
+    )
+  if "greedy_rouge" in results:  # Instruction data: greedy responses, lengths in words.
+    columns["greedy ROUGE-L"] = f"{results['greedy_rouge']['rougeL']:.3f}"
+    columns["words (sampled/greedy/reference)"] = (
+      "{sampled:.1f}/{greedy:.1f}/{reference:.1f}".format(**results["response_words"])
     )
   if "oracle_perplexity" in results:
     columns["oracle ppl"] = f"{results['oracle_perplexity']:.2f}"

@@ -171,3 +171,13 @@ def test_a_lora_instruction_run_resumes_exactly_and_exports_a_plain_model(tmp_pa
   )
   logits = model.apply({"params": params}, IDS)
   assert np.all(np.isfinite(logits))
+
+  # --mode eval on held-out instructions: response perplexity, sampled and greedy responses.
+  result = run_main(reference, *TINY_LLAMA, "--mode=eval", config=INSTRUCT_CONFIG)
+  assert result.returncode == 0, result.stderr[-3000:]
+  evaluation = json.load(open(reference / "eval.json"))
+  assert evaluation["corpus"] == "alpaca" and evaluation["num_prompts"] == 8
+  assert 1 < evaluation["perplexity"] < 49152 and 0 <= evaluation["greedy_rouge"]["rougeL"] <= 1
+  assert 0 <= evaluation["mauve"]["mean"] <= 1 and evaluation["response_words"]["reference"] > 0
+  generations = [json.loads(line) for line in open(reference / "generations.jsonl")]
+  assert len(generations) == 8 and all({"model", "greedy", "human"} <= set(g) for g in generations)
