@@ -184,40 +184,10 @@ def _torch_worker(method, model_name, batch, length, repeats):
 
 
 def _flops_per_step(method, model_name, batch, length):
-  """6 FLOPs per parameter per token (embedding lookups excluded, the head included) plus
-  attention's score/value matmuls; EMO adds one ``2·N·V·d`` cost projection."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  from flax import traverse_util
-
   model, _ = _architecture(model_name, length)
-  tokens = batch * length
-  vocab, width = model.vocab_size, model.hidden_size
   if method == "matmul ceiling":
-    return 2 * tokens * vocab * width
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-  sizes = {
-    path: leaf.size
-    for path, leaf in traverse_util.flatten_dict(nn.meta.unbox(shapes["params"])).items()
-  }
-  embedding_tables = sum(
-    size
-    for path, size in sizes.items()
-    if path[-2:] in (("wte", "embedding"), ("wpe", "embedding"), ("embed_tokens", "embedding"))
-  )
-  matmul_params = sum(sizes.values()) - embedding_tables + vocab * width  # + the head.
-  layers = sum(1 for path in sizes if path[-2:] in (("c_attn", "kernel"), ("q_proj", "kernel")))
-  heads_width = (
-    width
-    if model.family == "gpt2"
-    else (model.config.num_attention_heads * model.config.head_width)
-  )
-  attention = 12 * layers * length * heads_width  # QKᵀ and AV, fwd + bwd, not discounted.
-  flops = tokens * (6 * matmul_params + attention)
-  if "EMO" in method:
-    flops += 2 * tokens * vocab * width  # p @ Ê (the naive paths also pay one-hot @ Ê).
-  return flops
+    return 2 * batch * length * model.vocab_size * model.hidden_size
+  return benchmarking.train_step_flops(model, batch, length, emo="EMO" in method)
 
 
 def _worker(args):

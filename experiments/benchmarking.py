@@ -49,3 +49,39 @@ def run_worker(script: str, worker_args: list[str], label: str) -> dict | None:
   result = json.loads(out.stdout.strip().splitlines()[-1])
   print(f"  measured {label}: {result['seconds']:.2f} s", file=sys.stderr, flush=True)
   return result
+
+
+def train_step_flops(model, batch: int, length: int, emo: bool) -> int:
+  """FLOPs of one training step (forward + backward) of ``batch`` x ``length`` tokens: 6 per
+  matmul parameter per token (embedding lookups excluded, the head included) plus attention's
+  score/value matmuls (``12·layers·length·heads·head_width`` per token, not discounted for
+  causality); EMO adds one ``2·N·V·d`` cost projection (``p @ Ê``)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from flax import traverse_util
+
+  tokens = batch * length
+  vocab, width = model.vocab_size, model.hidden_size
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  sizes = {
+    path: leaf.size
+    for path, leaf in traverse_util.flatten_dict(nn.meta.unbox(shapes["params"])).items()
+  }
+  embedding_tables = sum(
+    size
+    for path, size in sizes.items()
+    if path[-2:] in (("wte", "embedding"), ("wpe", "embedding"), ("embed_tokens", "embedding"))
+  )
+  matmul_params = sum(sizes.values()) - embedding_tables + vocab * width  # + the head.
+  layers = sum(1 for path in sizes if path[-2:] in (("c_attn", "kernel"), ("q_proj", "kernel")))
+  heads_width = (
+    width
+    if model.family == "gpt2"
+    else (model.config.num_attention_heads * model.config.head_width)
+  )
+  attention = 12 * layers * length * heads_width  # QKᵀ and AV, fwd + bwd.
+  flops = tokens * (6 * matmul_params + attention)
+  if emo:
+    flops += 2 * tokens * vocab * width
+  return flops

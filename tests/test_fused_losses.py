@@ -120,6 +120,36 @@ def test_value_and_gradients_equal_reference(
   )
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_fused_cross_entropy_equals_tokamax(reduction):
+  """The same value and gradients as openxla's tokamax ``linear_softmax_cross_entropy_loss``
+  (its XLA backend, the one that runs off TPU), an independent fused linear + CE."""
+  import tokamax
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():  # tokamax reads its absl flags from sys.argv (pytest's).
+    flags.FLAGS.mark_as_parsed()
+  rng = np.random.default_rng(7)
+  hidden = jnp.asarray(rng.standard_normal((300, 32)), jnp.float32)  # [N, d]
+  head = jnp.asarray(0.2 * rng.standard_normal((1000, 32)), jnp.float32)  # [V, d]
+  targets = jnp.asarray(rng.integers(0, 1000, 300), jnp.int32)
+  ours = jax.value_and_grad(
+    lambda h, w: fused_losses.fused_cross_entropy(
+      h, w, targets, reduction=reduction, chunk_size=64
+    )[0],
+    argnums=(0, 1),
+  )(hidden, head)
+  theirs = jax.value_and_grad(
+    lambda h, w: tokamax.linear_softmax_cross_entropy_loss(
+      h, targets, w.T, reduction=reduction, implementation="xla"
+    ),
+    argnums=(0, 1),
+  )(hidden, head)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+  for got, want in zip(ours[1], theirs[1]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 5, 39, 1000])
 def test_chunk_size_does_not_change_the_result(chunk_size):
   x = make_inputs(2)
