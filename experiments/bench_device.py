@@ -307,15 +307,21 @@ def profile_rows(args, top: int = 15) -> list[dict]:
 
 def print_tables(info, steps, loss, profile) -> str:
   lines = [
-    f"Device: {info['device']} ({info['backend']}), jax {info['jax']}; XLA_FLAGS="
-    f"{info['xla_flags']!r}; bf16 matmul {info['matmul_size']}^3 measured "
-    f"{info['matmul_tflops']:.0f} TFLOP/s; peak for MFU {info['peak_tflops'] or '–'} TFLOP/s.",
+    (
+      f"Device: {info['device']} ({info['backend']}), jax {info['jax']}; XLA_FLAGS="
+      f"{info['xla_flags']!r}; bf16 matmul {info['matmul_size']}^3 measured "
+      f"{info['matmul_tflops']:.0f} TFLOP/s; peak for MFU {info['peak_tflops'] or '–'} TFLOP/s."
+    ),
     "",
-    f"Train steps: {info['batch']} x {info['length']} tokens, bfloat16 activations, AdamW, "
-    "fused losses; median of the timed steps after compilation.",
+    (
+      f"Train steps: {info['batch']} x {info['length']} tokens, bfloat16 activations, AdamW, "
+      "fused losses; median of the timed steps after compilation."
+    ),
     "",
-    "| model | loss | ms / step | tokens/s | × MLE time | model TFLOP/s | MFU (peak) "
-    "| MFU (measured matmul) | compile (s) |",
+    (
+      "| model | loss | ms / step | tokens/s | × MLE time | model TFLOP/s | MFU (peak) "
+      "| MFU (measured matmul) | compile (s) |"
+    ),
     "|---|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for row in steps:
@@ -333,8 +339,10 @@ def print_tables(info, steps, loss, profile) -> str:
     first = loss[0]
     lines += [
       "",
-      f"Loss alone: N = {first['tokens']}, V = {first['vocab']}, d = {first['width']}, "
-      "bf16 hidden, f32 head; value + gradients w.r.t. both; each row a fresh process.",
+      (
+        f"Loss alone: N = {first['tokens']}, V = {first['vocab']}, d = {first['width']}, "
+        "bf16 hidden, f32 head; value + gradients w.r.t. both; each row a fresh process."
+      ),
       "",
       "| method | ms | × fused CE | peak memory increment (GB) | TFLOP/s |",
       "|---|---:|---:|---:|---:|",
