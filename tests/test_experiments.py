@@ -758,3 +758,31 @@ def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys)
   )
   assert rescored["a"]["settings"]["max_queries"] == 4
   assert all(rescored[m]["tasks"][t]["n"] == 4 for m in "ab" for t in ("ag_news", "sst2"))
+
+
+@pytest.mark.slow
+def test_device_benchmark_script_runs_every_table_at_smoke_size(tmp_path):
+  """experiments/bench_device.py is run on a lent accelerator; its --smoke run keeps every
+  code path working here (four train-step rows, five loss rows, a profile)."""
+  result = subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", "bench_device.py"), "--smoke"]
+    + ["--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  numbers = json.load(open(tmp_path / "bench_device.json"))
+  assert [(r["model"], r["loss"]) for r in numbers["train_steps"]] == [
+    (m, loss) for m in ("GPT-2 small", "SmolLM2-135M shape") for loss in ("mle", "emo")
+  ]
+  assert [r["method"] for r in numbers["loss"]] == [
+    "naive CE",
+    "naive EMO",
+    "fused CE",
+    "fused EMO",
+    "tokamax CE (xla)",
+  ]
+  assert numbers["profile"] and all(r["microseconds"] > 0 for r in numbers["profile"])
+  assert "| GPT-2 small | emo |" in (tmp_path / "bench_device.md").read_text()
