@@ -206,22 +206,12 @@ def _loss_worker(method: str, tokens: int, vocab: int, width: int, repeats: int)
   def logits(h, w):
     return jnp.einsum("nd,vd->nv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
-  def tokamax_ce(h, w, t, e):
-    import tokamax
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():  # tokamax reads absl flags from sys.argv.
-      flags.FLAGS.mark_as_parsed()
-    return tokamax.linear_softmax_cross_entropy_loss(
-      h, t, w.T.astype(h.dtype), reduction="mean", implementation="xla"
-    )
-
   objectives = {
     "naive CE": lambda h, w, t, e: losses.masked_mean(losses.cross_entropy(logits(h, w), t)),
     "naive EMO": lambda h, w, t, e: losses.masked_mean(losses.emo(logits(h, w), t, e)),
     "fused CE": lambda h, w, t, e: fused_losses.fused_cross_entropy(h, w, t)[0],
     "fused EMO": lambda h, w, t, e: fused_losses.fused_emo(h, w, t, e)[0],
-    "tokamax CE (xla)": tokamax_ce,
+    "tokamax CE (xla)": lambda h, w, t, e: benchmarking.tokamax_cross_entropy(h, w, t),
   }
   fn = jax.jit(jax.value_and_grad(objectives[method], argnums=(0, 1)))
   jax.block_until_ready((hidden, head, labels, cost))

@@ -64,19 +64,11 @@ def _jax_worker(method, tokens, repeats, chunk_size):
       "fused EMO (JAX)": lambda h, w, t, e: fused_losses.fused_emo(
         h, w, t, e, chunk_size=chunk_size
       )[0],
-      "tokamax CE (xla)": lambda h, w, t, e: _tokamax_ce(h, w, t),
+      "tokamax CE (xla)": lambda h, w, t, e: benchmarking.tokamax_cross_entropy(h, w, t),
     }
     fn = jax.jit(jax.value_and_grad(objectives[method], argnums=(0, 1)))
     run = lambda: jax.block_until_ready(fn(hidden, head, labels, cost))
   return benchmarking.median_seconds(run, repeats), baseline
-
-
-def _tokamax_ce(hidden, head, targets):
-  import tokamax
-
-  return tokamax.linear_softmax_cross_entropy_loss(
-    hidden, targets, head.T, reduction="mean", implementation="xla"
-  )
 
 
 def official_emo_loss(logits, labels, cost_embeddings):

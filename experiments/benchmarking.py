@@ -85,3 +85,16 @@ def train_step_flops(model, batch: int, length: int, emo: bool) -> int:
   if emo:
     flops += 2 * tokens * vocab * width
   return flops
+
+
+def tokamax_cross_entropy(hidden, head, targets):
+  """Mean CE of ``hidden [N, d] @ head [V, d]ᵀ`` by openxla tokamax's fused
+  ``linear_softmax_cross_entropy_loss`` (its ``xla`` backend; 0.0.12 has no GPU kernel)."""
+  import tokamax
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():  # tokamax reads its absl flags from sys.argv (the script's).
+    flags.FLAGS.mark_as_parsed()
+  return tokamax.linear_softmax_cross_entropy_loss(
+    hidden, targets, head.T.astype(hidden.dtype), reduction="mean", implementation="xla"
+  )
