@@ -45,7 +45,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   # Corpus: tiny_shakespeare | wikitext2 | wikitext2_raw | ptb | ag_news (plus, with source
   # 'tfds', wikitext103 | wikitext103_raw | writingprompts | webtext | ag_news_subset), or
-  # your own files: 'files:/path/to/{split}.jsonl' (.txt / .jsonl / .csv, see text_field).
+  # your own files: 'files:/path/to/{split}.jsonl' (.txt / .jsonl / .csv, see text_field),
+  # or an instruction corpus, 'alpaca' (prompt-masked SFT rows; see prompt_template).
   config.data.corpus = "tiny_shakespeare"
   # 'files': read the upstream files directly (emo_jax.data.corpora); 'tfds': build and read the
   # TFDS datasets of emo_jax.data.tfds_builders (downloads online; offline from manual_dir).
