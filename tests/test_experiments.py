@@ -786,3 +786,40 @@ def test_device_benchmark_script_runs_every_table_at_smoke_size(tmp_path):
   ]
   assert numbers["profile"] and all(r["microseconds"] > 0 for r in numbers["profile"])
   assert "| GPT-2 small | emo |" in (tmp_path / "bench_device.md").read_text()
+
+
+def test_instruct_report_rows_from_workdirs(tmp_path):
+  import instruct_report
+
+  def evaluation(ppl):
+    return {
+      "perplexity": ppl,
+      "mean_demd": 0.5,
+      "mauve": {"mean": 0.4, "std": 0.01},
+      "rouge": {"rougeL": 0.2},
+      "greedy_rouge": {"rougeL": 0.3},
+      "response_words": {"sampled": 40.0, "greedy": 30.0, "reference": 45.0},
+      "sampled_finished": 0.9,
+      "greedy_finished": 0.8,
+    }
+
+  (tmp_path / "base").mkdir()
+  (tmp_path / "base" / "eval.json").write_text(json.dumps(evaluation(9.0)))
+  for name, ppl in (("lora.rank=16,loss.name=emo", 7.5), ("lora.rank=0,loss.name=mle", 7.0)):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "eval.json").write_text(json.dumps(evaluation(ppl)))
+    (run / "results.json").write_text(json.dumps({"trainable_parameters": 123}))
+    (run / "best_metric.json").write_text(json.dumps({"step": 20, "eval/perplexity": ppl - 1}))
+    (run / "metrics.jsonl").write_text(
+      "\n".join(json.dumps({"step": s, "train/step_seconds": s}) for s in (1, 2, 30)) + "\n"
+    )
+  (tmp_path / "lora.rank=16,loss.name=mle").mkdir()  # Not evaluated yet: no row.
+  text = instruct_report.table(instruct_report.rows(str(tmp_path)))
+  lines = text.splitlines()
+  assert [line.split(" | ")[0] for line in lines[2:]] == [
+    "| base (untouched)",
+    "| full · MLE",
+    "| LoRA r16 · EMO",
+  ]
+  assert "| 6.000 (20) | 7.000 |" in lines[3] and lines[3].endswith("| 2.0 | 123 |")
