@@ -8,7 +8,10 @@ and, for every ``<root>/lora.rank=R,loss.name=L`` run of ``experiments/sweep.py`
 best validation (response-token) perplexity and its step, the held-out test instructions'
 response perplexity and mean DEMD, MAUVE and ROUGE-L of the sampled responses, ROUGE-L of the
 greedy ones, response lengths, the share of responses that ended with EOS, training
-seconds per step and trainable parameters.
+seconds per step and trainable parameters. With ``--paired A B`` (run directory names) it
+also compares two runs prompt by prompt: the mean ROUGE-L difference of their sampled and
+greedy responses and a Wilcoxon signed-rank p-value (one seed each: the prompts, not the
+training runs, are the sample).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import argparse
 import json
 import os
 import re
+
+import numpy as np
 
 RUN = re.compile(r"lora\.rank=(\d+),loss\.name=(\w+)$")
 
@@ -92,11 +97,41 @@ def table(runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def paired(root: str, a: str, b: str) -> str:
+  """Prompt-by-prompt ROUGE-L of run ``a`` against run ``b`` (same prompts, same order)."""
+  from scipy import stats
+
+  from emo_jax.evaluation import text_metrics
+
+  def per_prompt(name):
+    with open(os.path.join(root, name, "generations.jsonl")) as f:
+      records = [json.loads(line) for line in f]
+    references = [r["human"] for r in records]
+    return {
+      field: text_metrics.rouge_per_example([r[field] for r in records], references)["rougeL"]
+      for field in ("model", "greedy")
+    }
+
+  first, second = per_prompt(a), per_prompt(b)
+  lines = [f"{a} vs {b}, ROUGE-L per prompt ({len(first['model'])} prompts):"]
+  for field, label in (("model", "sampled"), ("greedy", "greedy")):
+    diff = first[field] - second[field]
+    p = float(stats.wilcoxon(diff).pvalue) if np.any(diff) else 1.0
+    lines.append(
+      f"  {label}: mean difference {diff.mean():+.4f} (better on {int((diff > 0).sum())}, "
+      f"worse on {int((diff < 0).sum())}), Wilcoxon p = {p:.3f}"
+    )
+  return "\n".join(lines)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--root", default="workdirs/instruct")
+  parser.add_argument("--paired", nargs=2, metavar=("A", "B"), help="two run directories")
   args = parser.parse_args()
   print(table(rows(args.root)))
+  if args.paired:
+    print(paired(args.root, *args.paired))
 
 
 if __name__ == "__main__":

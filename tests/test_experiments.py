@@ -823,3 +823,17 @@ def test_instruct_report_rows_from_workdirs(tmp_path):
     "| LoRA r16 · EMO",
   ]
   assert "| 6.000 (20) | 7.000 |" in lines[3] and lines[3].endswith("| 2.0 | 123 |")
+  # Prompt by prompt: the first run copies the reference on two prompts of three.
+  references = ["the cat sat on the mat", "a b c d", "one two three"]
+  for name, outputs in (
+    ("lora.rank=16,loss.name=emo", ["the cat sat on the mat", "a b c d", "zzz"]),
+    ("lora.rank=0,loss.name=mle", ["the dog", "a x", "zzz"]),
+  ):
+    lines_out = [
+      json.dumps({"model": o, "greedy": o, "human": r}) for o, r in zip(outputs, references)
+    ]
+    (tmp_path / name / "generations.jsonl").write_text("\n".join(lines_out) + "\n")
+  text = instruct_report.paired(
+    str(tmp_path), "lora.rank=16,loss.name=emo", "lora.rank=0,loss.name=mle"
+  )
+  assert "sampled: mean difference +0.4" in text and "(better on 2, worse on 0)" in text

@@ -24,8 +24,10 @@ def repetition(sequences: Sequence[Sequence], n: int) -> float:
   return float(np.mean(rates))
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-  """Mean ROUGE-1/2/L F1 of each prediction against its reference (``rouge-score``)."""
+def rouge_per_example(
+  predictions: Sequence[str], references: Sequence[str]
+) -> dict[str, np.ndarray]:
+  """ROUGE-1/2/L F1 of each prediction against its reference (``rouge-score``), ``[n]`` each."""
   from rouge_score import rouge_scorer
 
   if len(predictions) != len(references) or not predictions:
@@ -35,9 +37,13 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
   scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
   scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
   return {
-    name: float(np.mean([s[name].fmeasure for s in scores]))
-    for name in ("rouge1", "rouge2", "rougeL")
+    name: np.array([s[name].fmeasure for s in scores]) for name in ("rouge1", "rouge2", "rougeL")
   }
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """Mean ROUGE-1/2/L F1 of each prediction against its reference (``rouge-score``)."""
+  return {k: float(np.mean(v)) for k, v in rouge_per_example(predictions, references).items()}
 
 
 def mauve(
