@@ -32,7 +32,6 @@ drops its row).
 from __future__ import annotations
 
 import argparse
-import functools
 import gzip
 import json
 import os
@@ -91,56 +90,6 @@ def _model(name: str, smoke: bool, length: int):
   return models.from_config(family, preset, max_length=length, dropout=0.0, dtype="bfloat16")
 
 
-def _train_step(model, loss_name: str, length: int):
-  """``(state, step)``: a fresh sharded state and the jitted, donating train step."""
-  import jax
-  import jax.numpy as jnp
-  import ml_collections
-  import optax
-
-  from emo_jax import models, sharding, train
-
-  loss_config = ml_collections.ConfigDict(
-    dict(
-      name=loss_name,
-      weighting="mle",
-      max_weight=None,
-      detach_target_prob=False,
-      mixing_ratio=0.5,
-      gamma=0.5,
-      fused=True,
-      chunk_size=None,
-    )
-  )
-  optimizer = optax.adamw(1e-4)
-  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-  state, shardings = train.create_train_state(
-    model,
-    optimizer,
-    mesh,
-    jax.random.key(0),
-    length,
-    use_cost_placeholder=loss_name == "emo",
-    cost_dim=model.hidden_size,
-  )
-  if loss_name == "emo":
-    head = models.output_embeddings(model, state.params)
-    unit = head / jnp.linalg.norm(head, axis=-1, keepdims=True)
-    state = state.replace(cost={"embeddings": jax.device_put(unit, shardings.cost["embeddings"])})
-  step = jax.jit(
-    functools.partial(
-      train.train_step,
-      model=model,
-      optimizer=optimizer,
-      objective=train.make_objective(loss_config),
-      skip_nonfinite=False,
-      use_dropout=False,
-    ),
-    donate_argnums=(0,),
-  )
-  return state, step
-
-
 def _batch(model, batch: int, length: int):
   import jax
   import numpy as np
@@ -161,7 +110,7 @@ def train_step_rows(args) -> list[dict]:
     model = _model(name, args.smoke, args.length)
     flops = benchmarking.train_step_flops(model, args.batch, args.length, emo=False)
     for loss_name in ("mle", "emo"):
-      state, step = _train_step(model, loss_name, args.length)
+      state, step = benchmarking.train_step_setup(model, loss_name, args.length)
       batch = _batch(model, args.batch, args.length)
       start = time.perf_counter()
       state, metrics = step(state, batch)
@@ -260,7 +209,7 @@ def profile_rows(args, top: int = 15) -> list[dict]:
   import jax
 
   model = _model("GPT-2 small", args.smoke, args.length)
-  state, step = _train_step(model, "emo", args.length)
+  state, step = benchmarking.train_step_setup(model, "emo", args.length)
   batch = _batch(model, args.batch, args.length)
   state, metrics = step(state, batch)
   float(metrics["loss"])

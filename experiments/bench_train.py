@@ -47,15 +47,11 @@ def _architecture(model_name, length):
 
 
 def _jax_worker(method, model_name, batch, length, repeats):
-  import functools
-
   import jax
   import jax.numpy as jnp
-  import ml_collections
   import numpy as np
-  import optax
 
-  from emo_jax import models, sharding, train
+  from emo_jax import models
 
   model, pretrained = _architecture(model_name, length)
   rng = np.random.default_rng(0)
@@ -75,47 +71,9 @@ def _jax_worker(method, model_name, batch, length, repeats):
     return seconds, baseline
 
   loss_name = "mle" if "MLE" in method else "emo"
-  loss_config = ml_collections.ConfigDict(
-    dict(
-      name=loss_name,
-      weighting="mle",
-      max_weight=None,
-      detach_target_prob=False,
-      mixing_ratio=0.5,
-      gamma=0.5,
-      fused="fused" in method,
-      chunk_size=None,
-    )
-  )
-  optimizer = optax.adamw(1e-4)
-  mesh = sharding.make_mesh(1, 1)
-  state, shardings = train.create_train_state(
-    model,
-    optimizer,
-    mesh,
-    jax.random.key(0),
-    length,
-    use_cost_placeholder=loss_name == "emo",
-    cost_dim=model.hidden_size,
-  )
-  if pretrained:  # The real weights, and the optimizer state for them.
-    _, params = models.from_pretrained(model_name)
-    state = state.replace(
-      params=jax.device_put(params, shardings.params), opt_state=optimizer.init(params)
-    )
-  if loss_name == "emo":
-    head = models.output_embeddings(model, state.params)
-    state = state.replace(cost={"embeddings": head / jnp.linalg.norm(head, axis=-1, keepdims=True)})
-  step = jax.jit(
-    functools.partial(
-      train.train_step,
-      model=model,
-      optimizer=optimizer,
-      objective=train.make_objective(loss_config),
-      skip_nonfinite=False,
-      use_dropout=False,
-    ),
-    donate_argnums=(0,),
+  params = models.from_pretrained(model_name)[1] if pretrained else None
+  state, step = benchmarking.train_step_setup(
+    model, loss_name, length, fused="fused" in method, params=params
   )
   batch_arrays = jax.device_put(micro)
   jax.block_until_ready((state, batch_arrays))

@@ -98,3 +98,62 @@ def tokamax_cross_entropy(hidden, head, targets):
   return tokamax.linear_softmax_cross_entropy_loss(
     hidden, targets, head.T.astype(hidden.dtype), reduction="mean", implementation="xla"
   )
+
+
+def train_step_setup(model, loss_name: str, length: int, *, fused: bool = True, params=None):
+  """``(state, step)`` for timing: a fresh state on one device (``params``, e.g. pretrained
+  weights, replace the random ones), EMO's cost a frozen normalised copy of the head, and
+  the trainer's step jitted with the state donated; AdamW, no dropout, EMO's published
+  weighting without a clamp."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import optax
+
+  from emo_jax import models, sharding, train
+
+  loss_config = ml_collections.ConfigDict(
+    dict(
+      name=loss_name,
+      weighting="mle",
+      max_weight=None,
+      detach_target_prob=False,
+      mixing_ratio=0.5,
+      gamma=0.5,
+      fused=fused,
+      chunk_size=None,
+    )
+  )
+  optimizer = optax.adamw(1e-4)
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  state, shardings = train.create_train_state(
+    model,
+    optimizer,
+    mesh,
+    jax.random.key(0),
+    length,
+    use_cost_placeholder=loss_name == "emo",
+    cost_dim=model.hidden_size,
+  )
+  if params is not None:  # And the optimizer state for them.
+    state = state.replace(
+      params=jax.device_put(params, shardings.params), opt_state=optimizer.init(params)
+    )
+  if loss_name == "emo":
+    head = models.output_embeddings(model, state.params)
+    unit = head / jnp.linalg.norm(head, axis=-1, keepdims=True)
+    state = state.replace(cost={"embeddings": jax.device_put(unit, shardings.cost["embeddings"])})
+  step = jax.jit(
+    functools.partial(
+      train.train_step,
+      model=model,
+      optimizer=optimizer,
+      objective=train.make_objective(loss_config),
+      skip_nonfinite=False,
+      use_dropout=False,
+    ),
+    donate_argnums=(0,),
+  )
+  return state, step

@@ -10,10 +10,10 @@ import signal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
+from test_instructions import objective_config
 
 from emo_jax import models, sharding, train
 from emo_jax.models import lora
@@ -88,18 +88,7 @@ def test_only_adapters_train_and_the_optimizer_state_holds_only_them(family):
   state, _ = train.create_train_state(
     train_model, optimizer, mesh, jax.random.key(0), 8, use_cost_placeholder=False, cost_dim=1
   )
-  loss_config = ml_collections.ConfigDict(
-    {
-      "name": "emo",
-      "weighting": "mle",
-      "max_weight": None,
-      "detach_target_prob": True,
-      "mixing_ratio": 0.5,
-      "gamma": 0.5,
-      "fused": True,
-      "chunk_size": 16,
-    }
-  )
+  loss_config = objective_config("emo")
   step = jax.jit(
     functools.partial(
       train.train_step,
