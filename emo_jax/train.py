@@ -476,9 +476,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
   steps = {"warmup": compile_step(warmup_objective), "main": compile_step(main_objective)}
+  # Adapters are merged once per evaluation (and that copy is what a best save writes),
+  # not inside every evaluation batch.
+  plain_shardings = lora.split(state_shardings.params)[1] or state_shardings.params
+  merge = jax.jit(plain_params, out_shardings=plain_shardings)
   eval_fn = jax.jit(
-    lambda params, batch: token_metrics.eval_step(plain_params(params), batch, model=model),
-    in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, 2)),
+    functools.partial(token_metrics.eval_step, model=model),
+    in_shardings=(plain_shardings, sharding.batch_sharding(mesh, 2)),
   )
 
   logger = run_logging.RunLogger(
@@ -494,12 +498,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # The untouched model's numbers, so the end of the run can show what training changed.
     base = {
       "eval/perplexity": token_metrics.perplexity(
-        eval_fn, state.params, data.eval_blocks, config.train.batch_size, mesh
+        eval_fn, merge(state.params), data.eval_blocks, config.train.batch_size, mesh
       )
     }
     logger.write(0, {"eval/perplexity": base["eval/perplexity"]})
     if config.train.num_samples and is_main:
-      base["samples"] = _samples(model, plain_params(state.params), data, config)
+      base["samples"] = _samples(model, merge(state.params), data, config)
     if is_main:
       checkpointing.write_json_atomically(os.path.join(workdir, BASE_FILE), base)
   last_time, last_step, last_logged = time.time(), step, {}
@@ -541,14 +545,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         last_time, last_step = time.time(), step
       paused_at = time.time()  # Evaluation and saving do not count as step time.
       if step % config.train.eval_every == 0 or step == total_steps:
+        params = merge(state.params)
         perplexity = token_metrics.perplexity(
-          eval_fn, state.params, data.eval_blocks, config.train.batch_size, mesh
+          eval_fn, params, data.eval_blocks, config.train.batch_size, mesh
         )
         logger.write(step, {"eval/perplexity": perplexity})
         if perplexity < best:
           best = perplexity
           best_metrics = {"step": step, "eval/perplexity": perplexity}
-          checkpointer.save_best(step, plain_params(state.params), best_metrics)
+          checkpointer.save_best(step, params, best_metrics)
           if is_main:
             checkpointing.write_json_atomically(
               os.path.join(workdir, BEST_METRIC_FILE), best_metrics
@@ -573,9 +578,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "total_parameters": total_parameters,
   }
   # The best checkpoint holds plain (merged) parameters: what evaluation and export read.
-  best_params = checkpointer.restore_best_params(
-    checkpointing.abstract_like(plain_params(state.params))
-  )
+  best_params = checkpointer.restore_best_params(checkpointing.abstract_like(merge(state.params)))
   if config.train.export_hf and is_main:
     export_dir = os.path.join(workdir, "hf_export")
     models.save_pretrained(model, best_params, export_dir)

@@ -1,6 +1,6 @@
 """The accelerator benchmark (issue #20): train steps, the loss alone, and a profile of the EMO step.
 
-    python experiments/bench_device.py                # on one GPU: under 8 minutes
+    python experiments/bench_device.py                # on one GPU (sized for < 8 min; not yet run there)
     python experiments/bench_device.py --smoke        # every code path at toy sizes (CPU too)
 
 Prints three Markdown tables and writes them (with the raw numbers) to ``--out``:
