@@ -155,12 +155,19 @@ def sample(
   cache = causal_lm.empty_cache(model, batch, total)
   key_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, max_new_tokens), jnp.int32)], 1)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
+
+  def prefill(module, ids, mask, position_ids):
+    # Only the last prompt position is sampled from: the head (a [V, d] matmul per token)
+    # runs on that one alone.
+    hidden = module.hidden_states(ids, mask, position_ids, decode=True)  # [B, P, d]
+    return causal_lm.head_logits(hidden[:, -1:], module.output_embeddings())  # [B, 1, V]
+
   logits, state = model.apply(
     {"params": params, "cache": cache},
     prompt_ids,
-    attention_mask=key_mask,
-    position_ids=positions,
-    decode=True,
+    key_mask,
+    positions,
+    method=prefill,
     mutable=["cache"],
   )
   row_keys = jax.vmap(lambda b: jax.random.fold_in(rng, b))(row_offset + jnp.arange(batch))

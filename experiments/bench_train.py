@@ -72,10 +72,10 @@ def _jax_worker(method, model_name, batch, length, repeats):
 
   loss_name = "mle" if "MLE" in method else "emo"
   params = models.from_pretrained(model_name)[1] if pretrained else None
-  state, step = benchmarking.train_step_setup(
-    model, loss_name, length, fused="fused" in method, params=params
-  )
   batch_arrays = jax.device_put(micro)
+  state, step = benchmarking.train_step_setup(
+    model, loss_name, length, batch_arrays, fused="fused" in method, params=params
+  )
   jax.block_until_ready((state, batch_arrays))
   baseline = benchmarking.rss_bytes()
   holder = {"state": state}

@@ -100,11 +100,17 @@ def tokamax_cross_entropy(hidden, head, targets):
   )
 
 
-def train_step_setup(model, loss_name: str, length: int, *, fused: bool = True, params=None):
+def train_step_setup(model, loss_name: str, length: int, batch, *, fused: bool = True, params=None):
   """``(state, step)`` for timing: a fresh state on one device (``params``, e.g. pretrained
   weights, replace the random ones), EMO's cost a frozen normalised copy of the head, and
-  the trainer's step jitted with the state donated; AdamW, no dropout, EMO's published
-  weighting without a clamp."""
+  the trainer's step with the state donated; AdamW, no dropout, EMO's published weighting
+  without a clamp.
+
+  ``step`` is compiled ahead of time for ``batch`` and this state's shardings, so a timed
+  call can never include a compilation: a state or batch that would need another one is an
+  error instead (a jitted step silently recompiles when, say, freshly loaded weights arrive
+  uncommitted and its own outputs do not).
+  """
   import functools
 
   import jax
@@ -137,10 +143,8 @@ def train_step_setup(model, loss_name: str, length: int, *, fused: bool = True, 
     use_cost_placeholder=loss_name == "emo",
     cost_dim=model.hidden_size,
   )
-  if params is not None:  # And the optimizer state for them.
-    state = state.replace(
-      params=jax.device_put(params, shardings.params), opt_state=optimizer.init(params)
-    )
+  if params is not None:  # AdamW's initial state (zeros) does not depend on their values.
+    state = state.replace(params=jax.device_put(params, shardings.params))
   if loss_name == "emo":
     head = models.output_embeddings(model, state.params)
     unit = head / jnp.linalg.norm(head, axis=-1, keepdims=True)
@@ -156,4 +160,4 @@ def train_step_setup(model, loss_name: str, length: int, *, fused: bool = True, 
     ),
     donate_argnums=(0,),
   )
-  return state, step
+  return state, step.lower(state, batch).compile()

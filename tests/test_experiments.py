@@ -760,6 +760,38 @@ def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys)
   assert all(rescored[m]["tasks"][t]["n"] == 4 for m in "ab" for t in ("ag_news", "sst2"))
 
 
+def _step_batch(batch, length, vocab, seed=0):
+  tokens = np.random.default_rng(seed).integers(0, vocab, (1, batch, length + 1)).astype(np.int32)
+  weights = np.ones((1, batch, length), np.float32)
+  return {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "weights": weights}
+
+
+def test_benchmark_step_never_compiles_inside_the_timing():
+  """Loaded weights arrive as host arrays; the benchmarks' step still runs them and its own
+  outputs with the one executable compiled in set-up (timing a silent second compilation
+  once made emo_jax's SmolLM2 step look slower than torch's), and a call it was not
+  compiled for is an error, never a recompilation."""
+  import flax.linen as nn
+  import jax
+
+  from emo_jax import models
+
+  import benchmarking
+
+  model = models.from_config("llama", "tiny", vocab_size=96, max_length=16)
+  params = nn.meta.unbox(model.init(jax.random.key(1), np.zeros((1, 8), np.int32))["params"])
+  params = jax.tree.map(np.asarray, params)
+  batch = _step_batch(2, 16, 96)
+  state, step = benchmarking.train_step_setup(model, "emo", 16, batch, params=params)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses)) and losses[2] < losses[0]
+  with pytest.raises(TypeError, match="compiled"):
+    step(state, _step_batch(3, 16, 96))
+
+
 @pytest.mark.slow
 def test_device_benchmark_script_runs_every_table_at_smoke_size(tmp_path):
   """experiments/bench_device.py is run on a lent accelerator; its --smoke run keeps every

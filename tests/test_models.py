@@ -83,8 +83,8 @@ def test_llama_cache_holds_only_the_key_value_heads():
   assert config.kv_heads < config.num_attention_heads  # The tiny preset is GQA.
   assert cache["layers_0"]["self_attn"]["cached_key"].shape == (
     3,
-    20,
     config.kv_heads,
+    20,
     config.head_width,
   )
 

@@ -97,24 +97,26 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
 def update_kv_cache(
   module: nn.Module, key: Array, value: Array
 ) -> tuple[Array, Array, Array, Array]:
-  """Appends ``key``/``value [B, T, K, D]`` to ``module``'s ``cache`` collection.
+  """Appends ``key``/``value [B, K, T, D]`` (head-major) to ``module``'s ``cache`` collection.
 
-  ``init`` with a ``[B, max_length]`` input allocates a ``[B, max_length, K, D]`` cache (only
+  ``init`` with a ``[B, max_length]`` input allocates a ``[B, K, max_length, D]`` cache (only
   the key/value heads: grouped-query attention keeps it ``H / K`` times smaller) and attends
   within its input. Afterwards each call writes at the cache index and returns the whole
-  cache, a ``[B, S]`` mask of its filled slots, and the index the new tokens start at.
+  cache, a ``[B, S]`` mask of its filled slots, and the index the new tokens start at. The
+  head-major layout is what the attention matmuls read: a token-major cache would be
+  transposed (copied whole) in every layer at every decoding step.
   """
   is_initialized = module.has_variable("cache", "cached_key")
   cached_key = module.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
   cached_value = module.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
   cache_index = module.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
   if not is_initialized:
-    return key, value, jnp.ones(key.shape[:2], jnp.bool_), jnp.array(0, jnp.int32)
+    return key, value, jnp.ones(key.shape[:1] + key.shape[2:3], jnp.bool_), jnp.array(0, jnp.int32)
   offset = cache_index.value
-  max_length = cached_key.value.shape[1]
-  cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, offset, 0, 0))
-  cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, offset, 0, 0))
-  cache_index.value = offset + key.shape[1]
+  max_length = cached_key.value.shape[2]
+  cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, offset, 0))
+  cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, 0, offset, 0))
+  cache_index.value = offset + key.shape[2]
   filled = jnp.arange(max_length) < cache_index.value  # [S]
   return (
     cached_key.value,
@@ -149,11 +151,13 @@ def causal_attention(
     raise ValueError(
       f"{num_heads} query heads do not split into groups over {num_kv_heads} key/value heads."
     )
+  groups = num_heads // num_kv_heads
   query_positions = jnp.arange(length)  # [T], relative to the first new token
   if decode:
-    key, value, key_mask, offset = update_kv_cache(module, key, value)
+    key, value = (t.transpose(0, 2, 1, 3) for t in (key, value))  # [B, K, T, D]
+    key, value, key_mask, offset = update_kv_cache(module, key, value)  # [B, K, S, D]
     query_positions = query_positions + offset
-    key_positions = jnp.arange(key.shape[1])  # [S]: the cache's slots
+    key_positions = jnp.arange(key.shape[2])  # [S]: the cache's slots
   else:
     key_positions = query_positions
     key_mask = jnp.ones((batch, length), jnp.bool_)
@@ -168,21 +172,35 @@ def causal_attention(
       same = (segment == attention_mask[:, None, :]) | (segment == 0)  # [B, T, S]
       mask = mask & same[:, None]
 
-  groups = num_heads // num_kv_heads
+  def softmax_weights(scores, mask):
+    # HF fills masked scores with the dtype's minimum, which keeps fully masked rows (left
+    # padding) finite: they average the values instead of producing NaN.
+    scores = jnp.where(mask, scores / jnp.sqrt(head_dim), jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return weights if weights_dropout is None else weights_dropout(weights)
+
+  if decode:
+    # Query head h = k·G + g reads key/value head k: the G queries of a group become rows of
+    # one matmul against the head-major cache, which is read in place, never repeated.
+    grouped = query.reshape(batch, length, num_kv_heads, groups, head_dim)
+    grouped = grouped.transpose(0, 2, 3, 1, 4).reshape(batch, num_kv_heads, groups * length, -1)
+    scores = jnp.einsum(
+      "bkqd,bksd->bkqs", grouped, key, preferred_element_type=jnp.float32
+    )  # [B, K, G·T, S]
+    weights = softmax_weights(scores, jnp.tile(mask, (1, 1, groups, 1)))  # [B, K, G·T, S]
+    out = jnp.einsum("bkqs,bksd->bkqd", weights, value)  # [B, K, G·T, D]
+    out = out.reshape(batch, num_kv_heads, groups, length, head_dim).transpose(0, 3, 1, 2, 4)
+    return out.reshape(batch, length, num_heads, head_dim)  # [B, T, H, D]
+
   if groups > 1:
-    # Query head h = k·G + g reads key/value head k. Repeating K/V to H heads (after the
-    # cache, which keeps K) leaves two 4-D batched matmuls, which XLA:CPU runs well; a
-    # separate group axis in the einsums made a fwd + bwd step ~1.6x slower.
+    # Without a cache (training, scoring): repeating K/V to H heads leaves two 4-D batched
+    # matmuls, which XLA:CPU runs well; a separate group axis in the einsums made a fwd + bwd
+    # step ~1.6x slower.
     key, value = (jnp.repeat(t, groups, axis=2) for t in (key, value))  # [B, S, H, D]
-  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) / jnp.sqrt(
-    head_dim
-  )  # [B,H,T,S]
-  # HF fills masked scores with the dtype's minimum, which keeps fully masked rows (left
-  # padding) finite: they average the values instead of producing NaN.
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(scores, axis=-1).astype(dtype)  # [B, H, T, S]
-  if weights_dropout is not None:
-    weights = weights_dropout(weights)
+  scores = jnp.einsum(
+    "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+  )  # [B, H, T, S]
+  weights = softmax_weights(scores, mask)  # [B, H, T, S]
   return jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, T, H, D]
 
 
