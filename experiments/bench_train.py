@@ -6,13 +6,14 @@ PyTorch model (CE / the official EMO arithmetic), GPT-2 small or SmolLM2-135M.
     python experiments/bench_train.py --model tiny --repeats 2   # a quick look
 
 Every row runs in a fresh process (peak RSS belongs to it alone). A step is forward,
-backward and an AdamW update (dropout 0, float32; GPT-2 random weights, SmolLM2 its
+backward and an AdamW update (dropout 0 except where a row says, float32; GPT-2 random weights, SmolLM2 its
 dequantized GGUF weights on both sides; the EMO cost embeddings are a frozen copy of the
 head). Time is the median of ``--repeats`` steps after one warm-up
 step (compilation). GFLOP/s counts 6 FLOPs per parameter per token for the transformer and
 head plus the attention score/value matmuls (12·layers·length·width per token), and for EMO
 one more ``2·N·V·d`` matmul per token (the cost projection); the ceiling row is a jitted
-float32 ``[N, d] @ [d, V]`` matmul. Prints a Markdown table.
+float32 ``[N, d] @ [d, V]`` matmul (the LoRA rows leave GFLOP/s out: their frozen weights need
+no weight gradients, so 6 FLOPs a parameter does not hold). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -25,11 +26,22 @@ from bench_loss import official_emo_loss
 
 import benchmarking
 
+# LoRA rank 16, alpha 32 on every projection, base frozen (configs/smollm2_instruct.py's
+# adapters), with and without dropout on the adapters' inputs.
+LORA_METHODS = {
+  "emo_jax MLE LoRA r16 (fused)": 0.0,
+  "emo_jax MLE LoRA r16 dropout 0.05 (fused)": 0.05,
+}
+LORA_TARGETS = {
+  "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+  "gpt2": ("c_attn", "c_proj", "c_fc"),
+}
 METHODS = (
   "matmul ceiling",
   "emo_jax MLE (fused)",
   "emo_jax EMO (naive)",
   "emo_jax EMO (fused)",
+  *LORA_METHODS,
   "PyTorch HF CE",
   "PyTorch HF official EMO",
 )
@@ -72,9 +84,21 @@ def _jax_worker(method, model_name, batch, length, repeats):
 
   loss_name = "mle" if "MLE" in method else "emo"
   params = models.from_pretrained(model_name)[1] if pretrained else None
+  dropout = LORA_METHODS.get(method)
+  if dropout is not None:
+    from emo_jax.models import lora
+
+    config = lora.LoraConfig(rank=16, alpha=32, dropout=dropout, targets=LORA_TARGETS[model.family])
+    model = lora.adapt(model, config)
   batch_arrays = jax.device_put(micro)
   state, step = benchmarking.train_step_setup(
-    model, loss_name, length, batch_arrays, fused="fused" in method, params=params
+    model,
+    loss_name,
+    length,
+    batch_arrays,
+    fused="fused" in method,
+    params=params,
+    use_dropout=bool(dropout),
   )
   jax.block_until_ready((state, batch_arrays))
   baseline = benchmarking.rss_bytes()
@@ -233,8 +257,12 @@ def main():
       if torch_emo:
         cells[2] = f"{torch_emo['seconds'] / r['seconds']:.2f}"
     share = f"{100 * gflops / ceiling_gflops:.0f}%" if ceiling_gflops else "–"
+    if method in LORA_METHODS:  # Frozen weights skip their gradients: not 6 FLOPs a parameter.
+      gflops, share = "–", "–"
+    else:
+      gflops = f"{gflops:.0f}"
     print(
-      f"| {method} | {r['seconds']:.2f} | {' | '.join(cells)} | {gflops:.0f} | {share} "
+      f"| {method} | {r['seconds']:.2f} | {' | '.join(cells)} | {gflops} | {share} "
       f"| {r['peak'] / 1e9:.2f} | {(r['peak'] - r['baseline']) / 1e9:.2f} |"
     )
 

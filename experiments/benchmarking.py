@@ -100,11 +100,13 @@ def tokamax_cross_entropy(hidden, head, targets):
   )
 
 
-def train_step_setup(model, loss_name: str, length: int, batch, *, fused: bool = True, params=None):
+def train_step_setup(
+  model, loss_name: str, length: int, batch, *, fused=True, params=None, use_dropout=False
+):
   """``(state, step)`` for timing: a fresh state on one device (``params``, e.g. pretrained
   weights, replace the random ones), EMO's cost a frozen normalised copy of the head, and
-  the trainer's step with the state donated; AdamW, no dropout, EMO's published weighting
-  without a clamp.
+  the trainer's step with the state donated; AdamW, dropout only with ``use_dropout``, EMO's
+  published weighting without a clamp.
 
   ``step`` is compiled ahead of time for ``batch`` and this state's shardings, so a timed
   call can never include a compilation: a state or batch that would need another one is an
@@ -119,6 +121,7 @@ def train_step_setup(model, loss_name: str, length: int, batch, *, fused: bool =
   import optax
 
   from emo_jax import models, sharding, train
+  from emo_jax.models import lora
 
   loss_config = ml_collections.ConfigDict(
     dict(
@@ -144,6 +147,8 @@ def train_step_setup(model, loss_name: str, length: int, batch, *, fused: bool =
     cost_dim=model.hidden_size,
   )
   if params is not None:  # AdamW's initial state (zeros) does not depend on their values.
+    adapters, base = lora.split(state.params)  # LoRA keeps its fresh adapters.
+    params = lora.combine(adapters, params) if base else params
     state = state.replace(params=jax.device_put(params, shardings.params))
   if loss_name == "emo":
     head = models.output_embeddings(model, state.params)
@@ -156,7 +161,7 @@ def train_step_setup(model, loss_name: str, length: int, batch, *, fused: bool =
       optimizer=optimizer,
       objective=train.make_objective(loss_config),
       skip_nonfinite=False,
-      use_dropout=False,
+      use_dropout=use_dropout,
     ),
     donate_argnums=(0,),
   )

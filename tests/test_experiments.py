@@ -766,28 +766,40 @@ def _step_batch(batch, length, vocab, seed=0):
   return {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "weights": weights}
 
 
-def test_benchmark_step_never_compiles_inside_the_timing():
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_benchmark_step_never_compiles_inside_the_timing(with_lora):
   """Loaded weights arrive as host arrays; the benchmarks' step still runs them and its own
   outputs with the one executable compiled in set-up (timing a silent second compilation
   once made emo_jax's SmolLM2 step look slower than torch's), and a call it was not
-  compiled for is an error, never a recompilation."""
+  compiled for is an error, never a recompilation. With LoRA the loaded weights stay frozen
+  under fresh adapters."""
   import flax.linen as nn
   import jax
 
   from emo_jax import models
+  from emo_jax.models import lora
 
   import benchmarking
 
   model = models.from_config("llama", "tiny", vocab_size=96, max_length=16)
   params = nn.meta.unbox(model.init(jax.random.key(1), np.zeros((1, 8), np.int32))["params"])
   params = jax.tree.map(np.asarray, params)
+  if with_lora:
+    config = lora.LoraConfig(rank=2, alpha=4, dropout=0.1, targets=("q_proj", "down_proj"))
+    model = lora.adapt(model, config)
   batch = _step_batch(2, 16, 96)
-  state, step = benchmarking.train_step_setup(model, "emo", 16, batch, params=params)
+  state, step = benchmarking.train_step_setup(
+    model, "emo", 16, batch, params=params, use_dropout=with_lora
+  )
   losses = []
   for _ in range(3):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses)) and losses[2] < losses[0]
+  if with_lora:
+    base = lora.split(state.params)[1]
+    assert len(lora.check_targets(state.params, config)) == 2 * model.config.num_hidden_layers
+    jax.tree.map(np.testing.assert_array_equal, base, params)
   with pytest.raises(TypeError, match="compiled"):
     step(state, _step_batch(3, 16, 96))
 
