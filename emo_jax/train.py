@@ -477,9 +477,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   steps = {"warmup": compile_step(warmup_objective), "main": compile_step(main_objective)}
   # Adapters are merged once per evaluation (and that copy is what a best save writes),
-  # not inside every evaluation batch.
+  # not inside every evaluation batch. Without adapters the parameters are used as they are
+  # (a jitted identity would copy all of them at every evaluation).
   plain_shardings = lora.split(state_shardings.params)[1] or state_shardings.params
-  merge = jax.jit(plain_params, out_shardings=plain_shardings)
+  merge = (
+    jax.jit(plain_params, out_shardings=plain_shardings) if lora_config.enabled else plain_params
+  )
   eval_fn = jax.jit(
     functools.partial(token_metrics.eval_step, model=model),
     in_shardings=(plain_shardings, sharding.batch_sharding(mesh, 2)),
@@ -496,14 +499,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   if config.train.compare_with_base and not resuming:
     # The untouched model's numbers, so the end of the run can show what training changed.
+    base_params = merge(state.params)
     base = {
       "eval/perplexity": token_metrics.perplexity(
-        eval_fn, merge(state.params), data.eval_blocks, config.train.batch_size, mesh
+        eval_fn, base_params, data.eval_blocks, config.train.batch_size, mesh
       )
     }
     logger.write(0, {"eval/perplexity": base["eval/perplexity"]})
     if config.train.num_samples and is_main:
-      base["samples"] = _samples(model, merge(state.params), data, config)
+      base["samples"] = _samples(model, base_params, data, config)
+    del base_params
     if is_main:
       checkpointing.write_json_atomically(os.path.join(workdir, BASE_FILE), base)
   last_time, last_step, last_logged = time.time(), step, {}
@@ -578,7 +583,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "total_parameters": total_parameters,
   }
   # The best checkpoint holds plain (merged) parameters: what evaluation and export read.
-  best_params = checkpointer.restore_best_params(checkpointing.abstract_like(merge(state.params)))
+  plain_abstract = jax.tree.map(
+    lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+    jax.eval_shape(plain_params, state.params),
+    plain_shardings,
+  )
+  best_params = checkpointer.restore_best_params(plain_abstract)
   if config.train.export_hf and is_main:
     export_dir = os.path.join(workdir, "hf_export")
     models.save_pretrained(model, best_params, export_dir)

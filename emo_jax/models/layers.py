@@ -111,7 +111,8 @@ def update_kv_cache(
   cached_value = module.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
   cache_index = module.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
   if not is_initialized:
-    return key, value, jnp.ones(key.shape[:1] + key.shape[2:3], jnp.bool_), jnp.array(0, jnp.int32)
+    key_mask = jnp.ones((key.shape[0], key.shape[2]), jnp.bool_)  # [B, T]
+    return key, value, key_mask, jnp.array(0, jnp.int32)
   offset = cache_index.value
   max_length = cached_key.value.shape[2]
   cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, offset, 0))
