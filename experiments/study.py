@@ -51,6 +51,8 @@ BASE = "base"
 # timings.jsonl records written before the driver logged cores ran unpinned on the 2-core
 # machine every study run so far used.
 UNRECORDED_CORES = 2
+# One colour per row in every figure, so an objective looks the same across them.
+COLORS = {name: f"C{i}" for i, name in enumerate((BASE, *OBJECTIVES))}
 # Metric name in the report -> (path into eval.json, higher is better).
 METRICS = {
   "perplexity": (("perplexity",), False),
@@ -462,10 +464,11 @@ def decoding_table(root, corpus, objectives=DECODING.objectives, seeds=SEEDS):
       for t, path in paths.items():
         record = _read_json(path)
         cell = table.setdefault(objective, {}).setdefault(
-          t, {"MAUVE": [], "rep-2": [], "seeds": []}
+          t, {"MAUVE": [], "rep-2": [], "human rep-2": [], "seeds": []}
         )
         cell["MAUVE"].append(_lookup(record, METRICS["MAUVE"][0]))
         cell["rep-2"].append(_lookup(record, METRICS["rep-2"][0]))
+        cell["human rep-2"].append(_lookup(record, ("repetition", "rep-2", "human")))
         cell["seeds"].append(seed)
   return table
 
@@ -733,18 +736,18 @@ def plot_corpus(root, corpus, objectives, out_dir) -> str:
   names = list(objectives)
   for i, name in enumerate(names):
     values = objectives[name]["MAUVE"]
-    bars.bar(i, np.mean(values), yerr=np.std(values), capsize=4, color=f"C{i}", alpha=0.7)
+    bars.bar(i, np.mean(values), yerr=np.std(values), capsize=4, color=COLORS[name], alpha=0.7)
     bars.plot([i] * len(values), values, "k.", markersize=5)
     steps_to_values = validation_curves(root, corpus, name, objectives[name]["seeds"])
     if steps_to_values:
       steps = list(steps_to_values)
       mean = [np.mean(v) for v in steps_to_values.values()]
-      curves.plot(steps, mean, marker="o", color=f"C{i}", label=name)
+      curves.plot(steps, mean, marker="o", color=COLORS[name], label=name)
       curves.fill_between(
         steps,
         [min(v) for v in steps_to_values.values()],
         [max(v) for v in steps_to_values.values()],
-        color=f"C{i}",
+        color=COLORS[name],
         alpha=0.15,
       )
   bars.set_xticks(range(len(names)), names)
@@ -757,6 +760,53 @@ def plot_corpus(root, corpus, objectives, out_dir) -> str:
   fig.tight_layout()
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"study_{corpus}.png")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def plot_decoding(root, corpus, out_dir, seeds=SEEDS) -> str | None:
+  """One PNG: MAUVE and the model's rep-2 against the sampling temperature, per objective
+  (mean over seeds, std error bars, one dot per seed; rep-2 with the human continuations'
+  rate as a line). None when no seed has every temperature."""
+  table = decoding_table(root, corpus, seeds=seeds)
+  if not table:
+    return None
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (mauve, repetition) = plt.subplots(1, 2, figsize=(11, 4))
+  human = []
+  for objective, by_temperature in table.items():
+    temperatures = sorted(by_temperature)
+    for axis, metric in ((mauve, "MAUVE"), (repetition, "rep-2")):
+      values = [by_temperature[t][metric] for t in temperatures]
+      axis.errorbar(
+        temperatures,
+        [np.mean(v) for v in values],
+        yerr=[np.std(v) for v in values],
+        marker="o",
+        capsize=4,
+        color=COLORS[objective],
+        label=f"{objective} ({len(by_temperature[1.0]['seeds'])} seeds)",
+      )
+      for t, v in zip(temperatures, values, strict=True):
+        axis.plot([t] * len(v), v, "k.", markersize=4)
+    best = best_temperature(by_temperature)
+    mauve.axvline(best, color=COLORS[objective], linestyle=":", alpha=0.6)
+    human += [h for t in temperatures for h in by_temperature[t]["human rep-2"]]
+  repetition.axhline(np.mean(human), color="gray", linestyle="--", label="human")
+  mauve.set_ylabel("MAUVE (dotted: each objective's best temperature)")
+  repetition.set_ylabel("rep-2 of the samples")
+  for axis, title in ((mauve, "MAUVE"), (repetition, "rep-2")):
+    axis.set_xlabel("sampling temperature")
+    axis.set_title(f"{corpus}: {title} by temperature")
+    axis.legend()
+  fig.tight_layout()
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"decoding_{corpus}.png")
   fig.savefig(path, dpi=90)
   plt.close(fig)
   return path
@@ -803,6 +853,10 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
   for corpus in table:
     if corpus in DECODING.corpora:
       parts.append(decoding_report(root, corpus))
+      path = plot_decoding(root, corpus, figures_dir) if figures_dir else None
+      if path:
+        link = os.path.relpath(path, relative_to) if relative_to else path
+        parts.append(f"![{corpus}: decoding temperature]({link})\n")
   parts.append(fewshot_report(root))
   parts += ["### Wall-clock", "", timings_report(root, table), ""]
   return "\n".join(part for part in parts if part)

@@ -550,10 +550,15 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
       "emo",
       "--summary",
       str(tmp_path / "summary.json"),
+      "--figures",
+      str(tmp_path / "figures"),
     ]
   )
   printed = capsys.readouterr().out
   assert "decoding temperature" in printed and "Few-shot sst2" in printed
+  figure = tmp_path / "figures" / f"decoding_{corpus}.png"
+  assert f"]({figure})" in printed and figure.stat().st_size > 10_000
+  assert decoding_table["mle"][0.7]["human rep-2"] == [0.04] * 3
   assert "| mean DEMD |" in printed and "0.5000 ± 0.0000 (tie)" in printed
   summary = json.load(open(tmp_path / "summary.json"))
   point = summary["points"][corpus]["emo"]["2"]
