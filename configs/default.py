@@ -61,6 +61,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.tokenizer = ""
   config.data.block_size = 64  # Tokens per training example (the paper uses 256).
   config.data.max_eval_blocks = 256  # Cap on validation blocks per evaluation (0 = all).
+  # Train on a fixed random subset of whole blocks (rows) holding at least this many target
+  # tokens (0 = the whole split); a smaller budget's subset lies inside a larger one's, for
+  # data-scale curves. The subset depends on train_subset_seed only, not on the run's seed.
+  config.data.max_train_tokens = 0
+  config.data.train_subset_seed = 0
   # Instruction corpora ('alpaca'): the prompt before each response -- 'chat' (the
   # tokenizer's chat template, one user turn) or 'alpaca' (Stanford Alpaca's template).
   config.data.prompt_template = "chat"

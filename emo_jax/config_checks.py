@@ -99,6 +99,8 @@ RULES: dict[str, Rule] = {
   "data.tokenizer": TEXT,
   "data.block_size": integer(2),  # An input and a target at least.
   "data.max_eval_blocks": integer(0),
+  "data.max_train_tokens": integer(0),
+  "data.train_subset_seed": integer(0),
   "data.prompt_template": one_of("chat", "alpaca"),
   # Objective.
   "loss.name": one_of(*LOSS_NAMES),

@@ -326,8 +326,16 @@ def load_data(config, model, tokenizer) -> _Data:
   eval_blocks = blocks[config.data.eval_split]
   if config.data.max_eval_blocks:
     eval_blocks = input_pipeline.first_rows(eval_blocks, config.data.max_eval_blocks)
+  train_rows = blocks[config.data.train_split]
+  if config.data.max_train_tokens:
+    train_rows = input_pipeline.nested_subset(
+      train_rows,
+      config.data.max_train_tokens,
+      config.data.train_subset_seed,
+      name=f"{config.data.corpus}/{config.data.train_split}",
+    )
   train = input_pipeline.TrainIterator(
-    blocks[config.data.train_split],
+    train_rows,
     config.train.batch_size,
     seed=config.seed,
     process_index=jax.process_index(),

@@ -29,6 +29,8 @@ BAD_VALUES = {
   "data.eval_split": [""],
   "data.block_size": [0, 1, -4],
   "data.max_eval_blocks": [-1],
+  "data.max_train_tokens": [-1, 2.5],
+  "data.train_subset_seed": [-1],
   "data.prompt_template": ["chatml", ""],
   "loss.name": ["emd", "MLE"],
   "loss.weighting": ["ce"],

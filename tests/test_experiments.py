@@ -567,6 +567,73 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
   assert summary["fewshot_accuracy"]["sst2"]["mle"] == {"0": 0.5, "1": 0.5, "2": 0.5}
 
 
+def test_data_scale_points_train_one_epoch_of_nested_budgets(tmp_path):
+  import data_scale
+
+  from configs import smollm2_study
+  from emo_jax import config_checks
+
+  # 25k tokens: 98 blocks of 256, 12 batches of 8; 400k: 1563 blocks, 195 batches.
+  assert [data_scale.steps_per_epoch(b) for b in data_scale.BUDGETS] == [12, 48, 195]
+  commands = data_scale.point_commands(str(tmp_path), 25_000, "emo", 1)
+  (train_command, trained), (eval_command, evaluated), (fewshot_command, scored) = commands
+  workdir = os.path.join(str(tmp_path), "tokens25000", "emo", "seed1")
+  assert trained == os.path.join(workdir, "results.json")
+  assert evaluated == os.path.join(workdir, "eval.json") and "--mode" in eval_command
+  assert scored == os.path.join(workdir, "fewshot.json")
+  assert f"emo={os.path.join(workdir, 'hf_export')}" in fewshot_command
+  overrides = dict(a.removeprefix("--config.").split("=", 1) for a in train_command if "=" in a)
+  assert overrides["data.max_train_tokens"] == "25000" and overrides["train.num_epochs"] == "1"
+  assert overrides["train.eval_every"] == "2" and overrides["loss.weighting"] == "mle"
+  fields = config_checks.leaves(smollm2_study.get_config())
+  assert set(overrides) <= set(fields)  # Every override names a field (a typo would not run).
+
+
+def test_data_scale_report_from_archived_points(tmp_path, capsys):
+  import data_scale
+
+  root, study_archive = tmp_path / "scale", tmp_path / "study"
+
+  def write_point(directory, objective, perplexity, agnews, step):
+    _write_json(os.path.join(directory, "eval.json"), _eval_record(0.4, 0.03, perplexity))
+    _write_json(os.path.join(directory, "best_metric.json"), {"step": step})
+    tasks = {"ag_news": {"accuracy": agnews}, "sst2": {"accuracy": 0.7}}
+    _write_json(os.path.join(directory, "fewshot.json"), {objective: {"tasks": tasks}})
+
+  for objective, offset in (("mle", 0.0), ("emo", 1.0)):
+    for budget, perplexity in ((25_000, 30.0), (100_000, 25.0)):
+      directory = study.run_dir(str(root), data_scale.group(budget), objective, 0)
+      write_point(directory, objective, perplexity + offset, 0.4 + offset / 10, 12)
+    for seed in (0, 1):  # The study's own points, two seeds.
+      directory = study.run_dir(str(study_archive), data_scale.CORPUS, objective, seed)
+      write_point(directory, objective, 19.0 + seed + offset, 0.5, 60)
+  write_point(
+    study.run_dir(str(study_archive), data_scale.CORPUS, "base", 0), "base", 37.0, 0.52, 0
+  )
+  data_scale.main(
+    [
+      "report",
+      "--root",
+      str(root),
+      "--study_archive",
+      str(study_archive),
+      "--figure",
+      str(tmp_path / "scale.png"),
+      "--summary",
+      str(tmp_path / "scale.json"),
+    ]
+  )
+  printed = capsys.readouterr().out
+  assert "| mle | 25,000 | 1 | 12 | 30.00 | 0.400 | 0.400 | 0.700 |" in printed
+  assert "| emo | 100,000 | 1 | 12 | 26.00 | 0.400 | 0.500 | 0.700 |" in printed
+  assert "| emo (study) | 122,880 | 2 | 60 | 20.50 |" in printed  # Mean of the two seeds.
+  assert "| base | 0 | 1 | 0 | 37.00 |" in printed
+  assert (tmp_path / "scale.png").stat().st_size > 10_000
+  summary = json.load(open(tmp_path / "scale.json"))
+  assert summary["emo"]["25000"]["0"]["ag_news"] == pytest.approx(0.5)
+  assert "400000" not in summary["mle"]  # Unfinished points are absent, not zero.
+
+
 def test_cost_geometry_terms_match_direct_computations():
   """The diagnosis behind the AG News / Tiny Shakespeare collapse: its closed-form uniform
   DEMD must be DEMD of equal logits, and its CE/DEMD the losses module's on the model."""

@@ -169,6 +169,39 @@ def test_too_few_blocks_for_a_batch_is_an_error():
 # ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["blocks", "instruction_rows"])
+def test_training_subsets_are_nested_minimal_and_seeded(kind):
+  rng = np.random.default_rng(0)
+  blocks = input_pipeline.pack_documents(
+    [rng.integers(0, 50, rng.integers(1, 40)).tolist() for _ in range(60)], eos_id=50, block_size=8
+  )
+  rows = input_pipeline.blocks_to_batch(blocks) if kind == "instruction_rows" else blocks
+  if kind == "instruction_rows":  # Prompt-masked rows: only weighted targets count.
+    rows["weights"][:, :3] = 0.0
+  per_row = input_pipeline.target_tokens(rows)
+  full_row = 8 - 3 if kind == "instruction_rows" else 8
+  assert (per_row[:-1] == full_row).all() and 0 < per_row[-1] <= full_row  # Last one padded.
+
+  def kept_rows(budget, seed=0):
+    subset = input_pipeline.nested_subset(rows, budget, seed)
+    flat = subset["inputs"] if isinstance(subset, dict) else subset
+    source = rows["inputs"] if isinstance(rows, dict) else rows
+    return {int(np.flatnonzero((source == row).all(axis=1))[0]) for row in flat}, subset
+
+  small, small_subset = kept_rows(40)
+  large, _ = kept_rows(120)
+  assert small < large  # Nested: the smaller budget's rows are among the larger's.
+  assert input_pipeline.target_tokens(small_subset).sum() >= 40
+  # Minimal: without its last-drawn row the subset would fall short of the budget.
+  order = np.random.default_rng(0).permutation(len(per_row))
+  assert per_row[order[: len(small) - 1]].sum() < 40
+  assert kept_rows(40, seed=1)[0] != small
+  with pytest.raises(ValueError, match="fewer than the 100000 asked for"):
+    input_pipeline.nested_subset(rows, 100_000, 0, name="tiny/train")
+  with pytest.raises(ValueError, match="max_tokens must be positive"):
+    input_pipeline.nested_subset(rows, 0, 0)
+
+
 def test_local_files_txt_jsonl_csv(tmp_path):
   (tmp_path / "a.train.txt").write_text("first file\n")
   (tmp_path / "b.train.txt").write_text("second file\n")

@@ -268,6 +268,32 @@ def test_missing_hf_directory_and_block_size_errors(tmp_path):
   )
 
 
+@pytest.mark.parametrize("budget", [3_000, 12_000])
+def test_max_train_tokens_trains_on_a_nested_subset_and_keeps_validation(data_dir, budget):
+  from configs import default
+  from emo_jax.data import tokenizer as tokenizer_lib
+
+  def load(max_train_tokens):
+    config = default.get_config("smoke")
+    config.data.manual_dir = data_dir
+    config.data.max_train_tokens = max_train_tokens
+    tokenizer = tokenizer_lib.resolve_tokenizer(config.data.tokenizer, config.model.pretrained)
+    model, _ = models.from_model_config(
+      config.model, vocab_size=tokenizer.vocab_size, load_weights=False
+    )
+    return train.load_data(config, model, tokenizer), config
+
+  whole, config = load(0)
+  subset, _ = load(budget)
+  whole_rows = {row.tobytes() for row in whole.train.blocks}
+  kept = [row.tobytes() for row in subset.train.blocks]
+  assert set(kept) <= whole_rows and len(kept) == -(-budget // config.data.block_size)
+  assert subset.train.batches_per_epoch == len(kept) // config.train.batch_size
+  np.testing.assert_array_equal(subset.eval_blocks, whole.eval_blocks)  # Validation untouched.
+  larger, _ = load(2 * budget)
+  assert set(kept) <= {row.tobytes() for row in larger.train.blocks}
+
+
 # ----------------------------------------------------------------------------------------
 # Step semantics, in-process.
 # ----------------------------------------------------------------------------------------

@@ -82,6 +82,13 @@ def take_rows(rows: Rows, indices: np.ndarray) -> Batch:
   return blocks_to_batch(rows[indices])
 
 
+def select_rows(rows: Rows, indices: np.ndarray) -> Rows:
+  """Rows ``indices`` in the form they came in (blocks stay blocks, unlike :func:`take_rows`)."""
+  if isinstance(rows, dict):
+    return {k: v[indices] for k, v in rows.items()}
+  return rows[indices]
+
+
 def first_rows(rows: Rows, count: int) -> Rows:
   if isinstance(rows, dict):
     return {k: v[:count] for k, v in rows.items()}
@@ -100,6 +107,39 @@ def pad_rows(rows: Rows, count: int) -> Rows:
   padded = np.full((count, rows.shape[1]), -1, np.int32)
   padded[: len(rows)] = rows
   return padded
+
+
+def target_tokens(rows: Rows) -> np.ndarray:
+  """``[n]`` int: the tokens each row trains on (its weight-1 targets)."""
+  if isinstance(rows, dict):
+    return (rows["weights"] > 0).sum(axis=-1)
+  return (rows[:, 1:] >= 0).sum(axis=-1)
+
+
+def nested_subset(rows: Rows, max_tokens: int, seed: int, name: str = "split") -> Rows:
+  """Whole rows of a fixed random order until they hold at least ``max_tokens`` targets.
+
+  The order depends on ``seed`` only, so a smaller budget's rows are a prefix of a larger
+  one's (data-scale curves compare nested training sets); a budget beyond the split raises.
+  """
+  if max_tokens < 1:
+    raise ValueError(f"max_tokens must be positive, got {max_tokens}.")
+  order = np.random.default_rng(seed).permutation(num_rows(rows))
+  cumulative = np.cumsum(target_tokens(rows)[order])  # [n]
+  if cumulative[-1] < max_tokens:
+    raise ValueError(
+      f"{name} has {int(cumulative[-1])} target tokens, fewer than the {max_tokens} asked for."
+    )
+  count = int(np.searchsorted(cumulative, max_tokens)) + 1  # First prefix reaching the budget.
+  logging.info(
+    "%s: kept %d of %d rows (%d target tokens) for a budget of %d tokens",
+    name,
+    count,
+    num_rows(rows),
+    int(cumulative[count - 1]),
+    max_tokens,
+  )
+  return select_rows(rows, np.sort(order[:count]))
 
 
 def blocks_to_batch(blocks: np.ndarray) -> Batch:

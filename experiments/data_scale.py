@@ -1,0 +1,271 @@
+"""The paper's data-scale curve (its Figure 1, right) on SmolLM2-135M (issue #17's stretch).
+
+MLE and EMO fine-tune SmolLM2-135M for one epoch on nested random subsets of WikiText-2 raw
+(carved) holding 25k, 100k and 400k tokens (``data.max_train_tokens``: a smaller subset's
+blocks lie inside a larger one's, the same subsets for every objective and seed). Everything
+else is a study-v2 point (``configs/smollm2_study.py``: lr 3e-4 with linear decay over the
+run, validation on 32 blocks six times per run, best checkpoint); each point is evaluated
+like one (test perplexity on 64 blocks, MAUVE of 500 samples, mean DEMD) and scored few-shot
+(AG News and SST-2, ``experiments/fewshot.py``). The report adds the untouched base (0 tokens)
+and the study's own WikiText-2 points (60 steps = 122,880 tokens drawn from the whole split:
+one pass, but not one of the nested subsets) from ``experiments/results/smollm2``.
+
+    EMO_JAX_DATA=../shared/data python experiments/data_scale.py run    # resumable, archives
+    python experiments/data_scale.py report --figure experiments/figures/smollm2/data_scale.png \\
+        --summary experiments/results/smollm2_data_scale.json
+
+Layout: ``<root>/tokens<budget>/<objective>/seed<seed>``, i.e. ``study.py``'s with the budget
+in the corpus's place, so its runner (timings, resumption) and archive serve here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import study
+
+CORPUS = "wikitext2_raw_carved"
+BUDGETS = (25_000, 100_000, 400_000)
+OBJECTIVES = ("mle", "emo")
+SEEDS = (0,)
+CONFIG = "smollm2_study.py"
+PRETRAINED = "smollm2-135m"
+DEFAULT_ROOT = os.path.join(study.REPO, "workdirs", "smollm2_data_scale")
+DEFAULT_ARCHIVE = os.path.join(study.REPO, "experiments", "results", "smollm2_data_scale")
+STUDY_ARCHIVE = os.path.join(study.REPO, "experiments", "results", "smollm2")
+TASKS = ("ag_news", "sst2")
+# The study's 60 steps of 8 blocks of 256 tokens.
+STUDY_TOKENS = 60 * 8 * 256
+EVALUATIONS_PER_RUN = 6  # As the study's 60-step runs validate every 10 steps.
+
+
+def group(budget: int) -> str:
+  """The path component that takes the corpus's place in ``study.py``'s layout."""
+  return f"tokens{budget}"
+
+
+def steps_per_epoch(budget: int, block_size: int = 256, batch_size: int = 8) -> int:
+  """Optimizer steps in one epoch of a budget's subset (every block but the split's last is
+  full, so the subset has ⌈budget / block_size⌉ blocks; an incomplete batch is dropped)."""
+  return -(-budget // block_size) // batch_size
+
+
+def point_commands(root, budget, objective, seed, extra=()):
+  """``[(command, done_marker)]``: fine-tune, evaluate, score few-shot."""
+  workdir = study.run_dir(root, group(budget), objective, seed)
+  every = max(1, round(steps_per_epoch(budget) / EVALUATIONS_PER_RUN))
+  common = [
+    f"--config.model.pretrained={PRETRAINED}",
+    f"--config.data.corpus={CORPUS}",
+    f"--config.seed={seed}",
+    *study.OBJECTIVES[objective],
+    f"--config.data.max_train_tokens={budget}",
+    "--config.train.num_epochs=1",
+    f"--config.train.eval_every={every}",
+    f"--config.train.save_every={every}",
+    *extra,
+  ]
+  fewshot = os.path.join(workdir, study.FEWSHOT_FILE)
+  return [
+    (study._main_py(CONFIG, workdir, *common), os.path.join(workdir, "results.json")),
+    (
+      study._main_py(CONFIG, workdir, "--mode", "eval", *common),
+      os.path.join(workdir, "eval.json"),
+    ),
+    (
+      [
+        sys.executable,
+        os.path.join(study.REPO, "experiments", "fewshot.py"),
+        "--out",
+        fewshot,
+        "--model",
+        f"{objective}={os.path.join(workdir, 'hf_export')}",
+      ],
+      fewshot,
+    ),
+  ]
+
+
+def run(root, archive, budgets, objectives, seeds, extra=()):
+  """Every point trained, evaluated, scored and archived in a row (smallest budget first)."""
+  commit = study._commit()
+  for budget in budgets:
+    for objective in objectives:
+      for seed in seeds:
+        point = (group(budget), objective, seed)
+        if study.is_archived(archive, *point):
+          print(f"archived already: {study.run_dir(archive, *point)}", flush=True)
+          continue
+        study.run_stage(point_commands(root, budget, objective, seed, extra), root)
+        if archive:
+          study.archive_point(root, archive, *point, commit=commit)
+          print(f"archived: {study.run_dir(archive, *point)}", flush=True)
+
+
+def _point_record(directory, objective):
+  """``{perplexity, MAUVE, mean DEMD, best step, <task>: accuracy}`` of a finished point's
+  files; None until its evaluation and few-shot scores exist."""
+  paths = {name: os.path.join(directory, name) for name in ("eval.json", study.FEWSHOT_FILE)}
+  if not all(os.path.exists(path) for path in paths.values()):
+    return None
+  evaluation = study._read_json(paths["eval.json"])
+  tasks = study._read_json(paths[study.FEWSHOT_FILE])[objective]["tasks"]
+  record = {
+    "perplexity": evaluation["perplexity"],
+    "MAUVE": evaluation["mauve"]["mean"],
+    "mean DEMD": evaluation["mean_demd"],
+    **{task: tasks[task]["accuracy"] for task in TASKS},
+  }
+  best = os.path.join(directory, "best_metric.json")
+  record["best step"] = study._read_json(best)["step"] if os.path.exists(best) else None
+  return record
+
+
+def collect(root, budgets=BUDGETS, objectives=OBJECTIVES, seeds=SEEDS, study_archive=STUDY_ARCHIVE):
+  """``{objective: {tokens: {seed: record}}}``; tokens 0 is the untouched base (its own
+  objective key ``base``), and the study's WikiText-2 points sit at :data:`STUDY_TOKENS` under
+  ``<objective> (study)``."""
+  table = {}
+  for objective in objectives:
+    for budget in budgets:
+      for seed in seeds:
+        record = _point_record(study.run_dir(root, group(budget), objective, seed), objective)
+        if record:
+          table.setdefault(objective, {}).setdefault(budget, {})[seed] = record
+    for seed in study.SEEDS:
+      directory = study.run_dir(study_archive, CORPUS, objective, seed)
+      record = _point_record(directory, objective)
+      if record:
+        table.setdefault(f"{objective} (study)", {}).setdefault(STUDY_TOKENS, {})[seed] = record
+  base = _point_record(study.run_dir(study_archive, CORPUS, study.BASE, 0), study.BASE)
+  if base:
+    table[study.BASE] = {0: {0: base}}
+  return table
+
+
+COLUMNS = ("perplexity", "MAUVE", *TASKS)
+
+
+def markdown(table) -> str:
+  """One row per (objective, tokens): mean over seeds of each column, the seeds' count."""
+  lines = [
+    "| objective | training tokens | seeds | best step | test perplexity | MAUVE | "
+    + " | ".join(f"{task} accuracy" for task in TASKS)
+    + " |",
+    "|---|---:|---:|---:|---:|---:|" + "---:|" * len(TASKS),
+  ]
+  for objective, by_tokens in table.items():
+    for tokens, by_seed in sorted(by_tokens.items()):
+      records = list(by_seed.values())
+      steps = sorted({r["best step"] for r in records if r["best step"] is not None})
+      cells = [
+        f"{np.mean([r[c] for r in records]):.{2 if c == 'perplexity' else 3}f}" for c in COLUMNS
+      ]
+      lines.append(
+        f"| {objective} | {tokens:,} | {len(records)} | {'/'.join(map(str, steps)) or '—'} | "
+        + " | ".join(cells)
+        + " |"
+      )
+  return "\n".join(lines)
+
+
+def plot(table, path) -> str:
+  """Test perplexity and the few-shot accuracies against the training tokens (log scale);
+  the base as a dashed line, the study's points as hollow markers."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 1 + len(TASKS), figsize=(5 * (1 + len(TASKS)), 4))
+  base = table.get(study.BASE, {}).get(0, {}).get(0)
+  for axis, column in zip(axes, ("perplexity", *TASKS), strict=True):
+    for objective, by_tokens in table.items():
+      if objective == study.BASE:
+        continue
+      name = objective.removesuffix(" (study)")
+      tokens = sorted(by_tokens)
+      means = [np.mean([r[column] for r in by_tokens[t].values()]) for t in tokens]
+      hollow = objective.endswith("(study)")
+      axis.plot(
+        tokens,
+        means,
+        marker="o",
+        linestyle="none" if hollow else "-",
+        markerfacecolor="none" if hollow else study.COLORS[name],
+        color=study.COLORS[name],
+        label=objective,
+      )
+    if base:
+      axis.axhline(base[column], color=study.COLORS[study.BASE], linestyle="--", label="base")
+    axis.set_xscale("log")
+    axis.set_xlabel("fine-tuning tokens (one epoch)")
+    axis.set_title(f"{CORPUS}: test perplexity" if column == "perplexity" else f"{column} (8-shot)")
+    axis.legend()
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("action", choices=["commands", "run", "report"])
+  parser.add_argument("--root", help=f"run: default {DEFAULT_ROOT}; report: default the archive")
+  parser.add_argument("--archive", default=DEFAULT_ARCHIVE, help="run: where points are archived")
+  parser.add_argument("--no_archive", action="store_true")
+  parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+  parser.add_argument(
+    "--objectives", nargs="+", default=list(OBJECTIVES), choices=list(study.OBJECTIVES)
+  )
+  parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+  parser.add_argument(
+    "--study_archive", default=STUDY_ARCHIVE, help="report: the base's and study's rows"
+  )
+  parser.add_argument("--figure", help="report: write the curves to this PNG")
+  parser.add_argument("--summary", help="report: write the table as JSON")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  extra = argv[argv.index("--") + 1 :] if "--" in argv else []  # Passed on to main.py.
+  args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+  archive = None if args.no_archive else args.archive
+  if args.action == "commands":
+    for budget in args.budgets:
+      for objective in args.objectives:
+        for seed in args.seeds:
+          for command, _ in point_commands(
+            args.root or DEFAULT_ROOT, budget, objective, seed, extra
+          ):
+            print(shlex.join(command))
+    return
+  if args.action == "run":
+    run(args.root or DEFAULT_ROOT, archive, args.budgets, args.objectives, args.seeds, extra)
+    return
+  table = collect(
+    args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive
+  )
+  print(markdown(table))
+  if args.figure:
+    print(f"\n![data scale]({plot(table, args.figure)})")
+  if args.summary:
+    serialisable = {
+      objective: {
+        str(t): {str(s): r for s, r in by_seed.items()} for t, by_seed in by_tokens.items()
+      }
+      for objective, by_tokens in table.items()
+    }
+    with open(args.summary, "w") as f:
+      json.dump(serialisable, f, indent=1, sort_keys=True)
+      f.write("\n")
+
+
+if __name__ == "__main__":
+  main()
