@@ -500,6 +500,32 @@ def _eval_record(mauve, rep2, perplexity=19.0, demd=0.5):
   }
 
 
+def test_rep2_verdict_is_the_distance_to_the_human_rate(tmp_path):
+  root, corpus = str(tmp_path), "wikitext2_raw_carved"
+  # Human rate 0.04: MLE repeats too little, EMO about as much as people, TaiLr far too much.
+  rates = {"mle": 0.025, "emo": 0.039, "tailr": 0.070}
+  for objective, rate in rates.items():
+    for seed in (0, 1, 2):
+      record = _eval_record(0.4, rep2=rate + 0.001 * seed)
+      _write_json(os.path.join(study.run_dir(root, corpus, objective, seed), "eval.json"), record)
+  report = study.markdown_report(study.collect(root, [corpus], list(rates)))
+  assert "Human continuations' rep-2: 0.0400." in report
+  assert "rep-2 (nearer the human rate wins)" in report
+  rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if "|" in line}
+  assert "0.0400 ± 0.0008 (win, p=0.002)" in rows["emo"]  # Higher than MLE, yet nearer.
+  assert "0.0710 ± 0.0008 (loss, p=" in rows["tailr"]
+  # Records without the human rate (the CPU study's) get no rep-2 verdict at all.
+  for seed in (0, 1, 2):
+    path = os.path.join(study.run_dir(root, corpus, "emo", seed), "eval.json")
+    record = json.load(open(path))
+    del record["repetition"]["rep-2"]["human"]
+    _write_json(path, record)
+  rows = study.markdown_report(study.collect(root, [corpus], list(rates))).splitlines()
+  assert next(line for line in rows if line.startswith("| emo")).endswith(
+    "| 0.0400 ± 0.0008 | 0.5000 ± 0.0000 (tie) |"
+  )
+
+
 def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
   root, corpus = str(tmp_path / "archive"), "wikitext2_raw_carved"
   # MAUVE by temperature: MLE peaks at 0.85, EMO at 1.0 and is higher there on every seed.
