@@ -574,7 +574,7 @@ def fewshot_report(root, baseline="mle", seeds=SEEDS) -> str:
   lines = []
   for task, by_objective in sorted(results.items()):
     lines += [
-      f"#### Few-shot {task}",
+      f"### Few-shot {task} (models fine-tuned on {', '.join(FEWSHOT.corpora)})",
       "",
       f"| model | seed | queries | accuracy [95% CI] | vs {baseline}: +only / -only (McNemar p) |",
       "|---|---:|---:|---|---|",
@@ -585,7 +585,7 @@ def fewshot_report(root, baseline="mle", seeds=SEEDS) -> str:
         test = "—"
         if reference is not None and objective not in (baseline, BASE):
           paired = fewshot.mcnemar(result["correct"], reference["correct"])
-          test = f"+{paired['a_only']} / -{paired['b_only']} (p={paired['p_value']:.3f})"
+          test = f"+{paired['a_only']} / -{paired['b_only']} ({format_p_value(paired['p_value'])})"
         lines.append(
           f"| {objective} | {seed} | {len(result['correct'])} | {result['accuracy']:.3f} "
           f"[{result['low']:.3f}, {result['high']:.3f}] | {test} |"
@@ -873,19 +873,17 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
     for objective, values in objectives.items()
     if objective != BASE
   )
-  parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", "", markdown_report(table)]
-  if figures_dir:
-    for corpus, objectives in table.items():
-      path = plot_corpus(root, corpus, objectives, figures_dir)
-      link = os.path.relpath(path, relative_to) if relative_to else path
-      parts.append(f"![{corpus}]({link})\n")
-  for corpus in table:
+  parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", ""]
+  link = lambda path: os.path.relpath(path, relative_to) if relative_to else path
+  for corpus, objectives in table.items():  # Each corpus's table, figure, decoding runs.
+    parts.append(markdown_report({corpus: objectives}))
+    if figures_dir:
+      parts.append(f"![{corpus}]({link(plot_corpus(root, corpus, objectives, figures_dir))})\n")
     if corpus in DECODING.corpora:
       parts.append(decoding_report(root, corpus))
       path = plot_decoding(root, corpus, figures_dir) if figures_dir else None
       if path:
-        link = os.path.relpath(path, relative_to) if relative_to else path
-        parts.append(f"![{corpus}: decoding temperature]({link})\n")
+        parts.append(f"![{corpus}: decoding temperature]({link(path)})\n")
   parts.append(fewshot_report(root))
   parts += ["### Wall-clock", "", timings_report(root, table), ""]
   return "\n".join(part for part in parts if part)
