@@ -80,6 +80,8 @@ class Setting:
   default_root: str  # Under workdirs/.
   point_evaluations: bool = False  # The decoding and few-shot stages.
   archive: str | None = None  # Where finished points are archived, under experiments/results/.
+  variant: str = ""  # The configs' variant: "smoke" (``--smoke``) runs every stage tiny.
+  fewshot_flags: tuple[str, ...] = ()  # Extra experiments/fewshot.py flags (``--smoke``).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,17 +115,40 @@ SETTINGS = {
 }
 
 
+def setting_spec(setting: str | Setting) -> Setting:
+  """A :class:`Setting` from its name in :data:`SETTINGS`, or as given (``main`` builds one
+  for ``--smoke`` / ``--pretrained``)."""
+  return setting if isinstance(setting, Setting) else SETTINGS[setting]
+
+
+def with_options(setting: str, smoke: bool = False, pretrained: str | None = None) -> Setting:
+  """``setting`` at smoke size (the configs' ``:smoke`` variant, 4 few-shot queries per
+  task) and/or from another ready-made base (any model source; the evaluation's DEMD cost is
+  that base's head too)."""
+  spec = SETTINGS[setting]
+  if pretrained:
+    if spec.base_config is not None:
+      raise ValueError(
+        f"study setting {setting!r} pretrains its own base: --pretrained is for "
+        "settings that start from a ready-made one."
+      )
+    spec = dataclasses.replace(spec, pretrained=pretrained)
+  if smoke:
+    spec = dataclasses.replace(spec, variant="smoke", fewshot_flags=("--max_queries", "4"))
+  return spec
+
+
 def base_model(setting: Setting, root: str) -> str:
   """The model every grid point starts from."""
   return setting.pretrained or os.path.join(root, "base", "hf_export")
 
 
-def _main_py(config, workdir, *overrides):
+def _main_py(config, workdir, *overrides, variant=""):
   return [
     sys.executable,
     os.path.join(REPO, "main.py"),
     "--config",
-    os.path.join(REPO, "configs", config),
+    os.path.join(REPO, "configs", config) + (f":{variant}" if variant else ""),
     "--workdir",
     workdir,
     *overrides,
@@ -139,6 +164,11 @@ def decoding_dir(root, corpus, objective, seed, temperature):
 
 
 FEWSHOT_FILE = "fewshot.json"
+
+
+def _cost_flags(spec: Setting) -> list[str]:
+  """A ready-made base's head is every evaluation's DEMD cost (the cost EMO trains with)."""
+  return [f"--config.eval.cost_model={spec.pretrained}"] if spec.pretrained else []
 
 
 def point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec):
@@ -158,7 +188,9 @@ def point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec)
           f"--config.data.corpus={corpus}",
           f"--config.seed={seed}",
           f"--config.eval.temperature={temperature}",
+          *_cost_flags(spec),
           *extra,
+          variant=spec.variant,
         ),
         os.path.join(decoding_dir(root, corpus, objective, seed, temperature), "eval.json"),
       )
@@ -173,6 +205,7 @@ def point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec)
       out,
       "--model",
       f"{objective}={model}",
+      *spec.fewshot_flags,
     ]
     return [(command, out)]
   return []
@@ -181,12 +214,13 @@ def point_evaluation_commands(stage, root, corpus, objective, seed, extra, spec)
 def stage_commands(
   stage, root, corpora=CORPORA, objectives=tuple(OBJECTIVES), seeds=SEEDS, extra=(), setting="cpu"
 ):
-  """``[(command, done_marker)]`` of one stage of study ``setting`` (:data:`SETTINGS`)."""
-  spec = SETTINGS[setting]
+  """``[(command, done_marker)]`` of one stage of study ``setting`` (a name in
+  :data:`SETTINGS`, or a :class:`Setting`)."""
+  spec = setting_spec(setting)
   base = os.path.join(root, "base")
   if stage in ("decoding", "fewshot"):
     if not spec.point_evaluations:
-      raise ValueError(f"study setting {setting!r} has no {stage} stage.")
+      raise ValueError(f"study setting {spec.default_root!r} has no {stage} stage.")
     points = [(c, o, s) for c in corpora for o in objectives for s in seeds]
     if spec.base_config is None:
       points += [(c, BASE, 0) for c in corpora]
@@ -207,13 +241,16 @@ def stage_commands(
             f"--config.eval.model={spec.pretrained}",
             f"--config.data.corpus={corpus}",
             "--config.seed=0",
+            *_cost_flags(spec),
             *extra,
+            variant=spec.variant,
           ),
           os.path.join(run_dir(root, corpus, BASE, 0), "eval.json"),
         )
         for corpus in corpora
       ]
-    return [(_main_py(spec.base_config, base, *extra), os.path.join(base, "results.json"))]
+    base_command = _main_py(spec.base_config, base, *extra, variant=spec.variant)
+    return [(base_command, os.path.join(base, "results.json"))]
   out = []
   for corpus in corpora:
     for objective in objectives:
@@ -224,18 +261,27 @@ def stage_commands(
           f"--config.data.corpus={corpus}",
           f"--config.seed={seed}",
           *OBJECTIVES[objective],
+          *_cost_flags(spec),
         ]
         if stage == "finetune":
           out.append(
             (
-              _main_py(spec.finetune_config, workdir, *common, *extra),
+              _main_py(spec.finetune_config, workdir, *common, *extra, variant=spec.variant),
               os.path.join(workdir, "results.json"),
             )
           )
         elif stage == "eval":
           out.append(
             (
-              _main_py(spec.finetune_config, workdir, "--mode", "eval", *common, *extra),
+              _main_py(
+                spec.finetune_config,
+                workdir,
+                "--mode",
+                "eval",
+                *common,
+                *extra,
+                variant=spec.variant,
+              ),
               os.path.join(workdir, "eval.json"),
             )
           )
@@ -913,6 +959,17 @@ def main(argv=None):
   )
   parser.add_argument("--no_archive", action="store_true", help="run: archive nothing")
   parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help="run/commands: every stage at the configs' smoke size (seconds per command; "
+    "workdirs under workdirs/<folder>_smoke, nothing archived unless --archive is given)",
+  )
+  parser.add_argument(
+    "--pretrained",
+    help="run/commands: start from this ready-made base instead of the setting's (any model "
+    "source; nothing archived unless --archive is given)",
+  )
+  parser.add_argument(
     "--summary", help="report: also write the machine-readable summary (JSON) to this file"
   )
   parser.add_argument("--figures", help="report: write one PNG per corpus into this folder")
@@ -930,14 +987,19 @@ def main(argv=None):
   # Everything after "--" goes to main.py (argparse cannot take it after the grid options).
   extra = argv[argv.index("--") + 1 :] if "--" in argv else []
   args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-  args.root = args.root or os.path.join(REPO, "workdirs", SETTINGS[args.setting].default_root)
+  default_root = SETTINGS[args.setting].default_root + ("_smoke" if args.smoke else "")
+  args.root = args.root or os.path.join(REPO, "workdirs", default_root)
   grid = dict(
     corpora=args.corpora,
     objectives=args.objectives,
     seeds=args.seeds,
     extra=extra,
-    setting=args.setting,
+    setting=None,
   )
+  try:
+    grid["setting"] = with_options(args.setting, args.smoke, args.pretrained)
+  except ValueError as error:
+    parser.error(str(error))
   ready_made_base = SETTINGS[args.setting].base_config is None
   if args.action == "report":
     objectives = [BASE, *args.objectives] if ready_made_base else args.objectives
@@ -959,7 +1021,9 @@ def main(argv=None):
         json.dump(summary(args.root, table, args.seeds), f, indent=1, sort_keys=True)
         f.write("\n")
     return
-  archive = None if args.no_archive else (args.archive or archive_dir(args.setting))
+  # A smoke run or another base must not land among the setting's archived results.
+  own_archive = None if (args.smoke or args.pretrained) else archive_dir(args.setting)
+  archive = None if args.no_archive else (args.archive or own_archive)
   if args.stage:
     groups = [(None, stage_commands(args.stage, args.root, **grid))]
   else:
@@ -985,7 +1049,7 @@ def point_groups(root, corpora, objectives, seeds, extra, setting):
   given its point evaluations in a row, so an interrupted study leaves finished points (and,
   with an archive, archived ones; ``point`` is ``(corpus, objective, seed)``, None for the
   pretrained base of a study that has one)."""
-  spec = SETTINGS[setting]
+  spec = setting_spec(setting)
   grid = dict(extra=extra, setting=setting)
   groups = []
   for corpus in corpora:

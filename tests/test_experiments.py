@@ -394,6 +394,70 @@ def test_study_v2_runs_each_point_whole_then_the_base(capsys):
   assert "base/seed0" in lines[-2] and "base=smollm2-135m" in lines[-1]
 
 
+def test_study_smoke_and_another_base_change_commands_not_the_archive(capsys):
+  grid = ["--setting", "smollm2", "--corpora", "ag_news", "--objectives", "emo", "--seeds", "0"]
+  study.main(["commands", *grid, "--smoke", "--pretrained", "/models/other"])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 3  # Train, evaluate; the base's evaluation.
+  assert all("smollm2_study.py:smoke" in line and "study_smollm2_smoke" in line for line in lines)
+  assert all("--config.eval.cost_model=/models/other" in line for line in lines)
+  assert "--config.model.pretrained=/models/other" in lines[0]
+  assert "--config.eval.model=/models/other" in lines[2]
+  with pytest.raises(SystemExit):  # The CPU study pretrains its own base.
+    study.main(["commands", "--setting", "cpu", "--pretrained", "/models/other"])
+  assert "pretrains its own base" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_study_v2_smoke_run_on_a_tiny_llama_covers_every_stage(tmp_path, data_dir, capsys):
+  del data_dir  # The subprocesses read the corpora through EMO_JAX_DATA, which it checks.
+  """``run --smoke --pretrained``: a tiny random LLaMA in SmolLM2's place, one WikiText point
+  (fine-tune, evaluate, three temperatures, few-shot) and the base's row, archived, then the
+  report rebuilt from the archive alone."""
+  import torch
+  import transformers
+
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(
+    vocab_size=50257,  # The packaged GPT-2 BPE stands in for a tokenizer the directory lacks.
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,  # Room for eight few-shot demonstrations.
+    tie_word_embeddings=True,
+  )
+  transformers.LlamaForCausalLM(config).save_pretrained(str(tmp_path / "tiny_llama"))
+  root, archive, corpus = tmp_path / "root", tmp_path / "archive", "wikitext2_raw_carved"
+  grid = ["--setting", "smollm2", "--corpora", corpus, "--objectives", "emo", "--seeds", "0"]
+  study.main(
+    ["run", *grid, "--smoke", "--pretrained", str(tmp_path / "tiny_llama"), "--root", str(root)]
+    + ["--archive", str(archive)]
+  )
+  point = study.run_dir(str(archive), corpus, "emo", 0)
+  assert sorted(json.load(open(os.path.join(point, "point.json")))["files"]) == sorted(
+    [
+      "eval.json",
+      "metrics.jsonl",
+      "best_metric.json",
+      "fewshot.json",
+      *(os.path.join("decoding", f"T{t:.2f}", "eval.json") for t in study.TEMPERATURES),
+      "timings.jsonl",
+    ]
+  )
+  evaluation = json.load(open(os.path.join(point, "eval.json")))
+  assert evaluation["demd_cost"].startswith(str(tmp_path / "tiny_llama"))  # Not SmolLM2's head.
+  capsys.readouterr()
+  study.main(["report", *grid, "--root", str(archive)])
+  printed = capsys.readouterr().out
+  assert "Evaluated grid points: **1 of 1**." in printed
+  assert "| base | 1 |" in printed and "| emo | 1 |" in printed
+  assert "decoding temperature" in printed and "| emo | 0 | 4 |" in printed  # 4 queries.
+  timings = study.read_timings(str(archive))
+  assert {key[0] for key in timings} >= {"finetune", "eval", "fewshot", "decoding T0.70"}
+
+
 def _finished_point(root, corpus="wikitext2_raw_carved", objective="mle", seed=0):
   workdir = study.run_dir(str(root), corpus, objective, seed)
   os.makedirs(os.path.join(workdir, "decoding", "T0.70"))
