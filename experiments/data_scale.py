@@ -210,11 +210,7 @@ def plot(table, path) -> str:
     axis.set_xlabel("fine-tuning tokens (one epoch)")
     axis.set_title(f"{CORPUS}: test perplexity" if column == "perplexity" else f"{column} (8-shot)")
     axis.legend()
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return study.save_figure(fig, path)
 
 
 def main(argv=None):

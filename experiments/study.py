@@ -798,6 +798,17 @@ def timings_report(root, table) -> str:
   return "\n".join(lines)
 
 
+def save_figure(fig, path) -> str:
+  """Writes ``fig`` (tight layout, 90 dpi) to ``path``, creating its folder, and closes it."""
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 def plot_corpus(root, corpus, objectives, out_dir) -> str:
   """One PNG per corpus: MAUVE per objective (mean, std error bar, one dot per seed) and the
   validation perplexity curves (mean over seeds, min-max band)."""
@@ -832,12 +843,7 @@ def plot_corpus(root, corpus, objectives, out_dir) -> str:
   curves.set_title(f"{corpus}: validation perplexity")
   if curves.get_legend_handles_labels()[0]:  # Runs without a metrics log draw no curve.
     curves.legend()
-  fig.tight_layout()
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f"study_{corpus}.png")
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return save_figure(fig, os.path.join(out_dir, f"study_{corpus}.png"))
 
 
 def plot_decoding(root, corpus, out_dir, seeds=SEEDS) -> str | None:
@@ -879,12 +885,7 @@ def plot_decoding(root, corpus, out_dir, seeds=SEEDS) -> str | None:
     axis.set_xlabel("sampling temperature")
     axis.set_title(f"{corpus}: {title} by temperature")
     axis.legend()
-  fig.tight_layout()
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f"decoding_{corpus}.png")
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return save_figure(fig, os.path.join(out_dir, f"decoding_{corpus}.png"))
 
 
 def markers(section="study"):
