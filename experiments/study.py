@@ -503,9 +503,12 @@ def markdown_report(table, baseline="mle") -> str:
           ]
           p_value = paired_p_value(pick(values), pick(reference))
           outcome = verdict(pick(values), pick(reference), higher)
-          cell += (
-            f" ({outcome}, {format_p_value(p_value)})" if p_value is not None else (f" ({outcome})")
-          )
+          if len(common) < 2:  # One pair is no test: no verdict either way.
+            cell += f" ({len(common)} pair{'s' * (len(common) != 1)}, untested)"
+          elif p_value is not None:
+            cell += f" ({outcome}, {format_p_value(p_value)})"
+          else:
+            cell += f" ({outcome})"
         cells.append(cell)
       lines.append(f"| {objective} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("")

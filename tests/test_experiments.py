@@ -578,6 +578,8 @@ def test_rep2_verdict_is_the_distance_to_the_human_rate(tmp_path):
   rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if "|" in line}
   assert "0.0400 ± 0.0008 (win, p=0.002)" in rows["emo"]  # Higher than MLE, yet nearer.
   assert "0.0710 ± 0.0008 (loss, p=" in rows["tailr"]
+  one_seed = study.markdown_report(study.collect(root, [corpus], list(rates), seeds=[0]))
+  assert "| emo | 1 | 19.00 ± 0.00 (1 pair, untested) |" in one_seed  # No verdict from one.
   # Records without the human rate (the CPU study's) get no rep-2 verdict at all.
   for seed in (0, 1, 2):
     path = os.path.join(study.run_dir(root, corpus, "emo", seed), "eval.json")
