@@ -915,6 +915,23 @@ def update_between_markers(path, text, section="study"):
 FULL_GRID = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
 
 
+def archived_commits(root, table) -> dict[str, int]:
+  """``{commit: points}`` over ``table``'s points archived under ``root`` (their
+  ``point.json``: the commit checked out when ``run`` started the point), most points first."""
+  import collections
+
+  paths = (
+    os.path.join(run_dir(root, corpus, objective, seed), ARCHIVED)
+    for corpus, objectives in table.items()
+    for objective, values in objectives.items()
+    for seed in values["seeds"]
+  )
+  commits = collections.Counter(
+    _read_json(path)["commit"] for path in paths if os.path.exists(path)
+  )
+  return dict(commits.most_common())
+
+
 def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_GRID) -> str:
   """Tables, figure links and timings: what ``report`` prints or writes into RESULTS.md."""
   finished = sum(
@@ -923,7 +940,11 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
     for objective, values in objectives.items()
     if objective != BASE
   )
-  parts = [f"Evaluated grid points: **{finished} of {full_grid}**.", ""]
+  parts = [f"Evaluated grid points: **{finished} of {full_grid}**.\n"]
+  commits = archived_commits(root, table)
+  if commits:
+    listed = ", ".join(f"`{commit[:10]}` ({n})" for commit, n in commits.items())
+    parts.append(f"Code of the archived points (commit: points; `{ARCHIVED}`): {listed}.\n")
   link = lambda path: os.path.relpath(path, relative_to) if relative_to else path
   for corpus, objectives in table.items():  # Each corpus's table, figure, decoding runs.
     parts.append(markdown_report({corpus: objectives}))

@@ -518,6 +518,8 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
   table = study.collect(str(archive), ["wikitext2_raw_carved"], ["mle"], [0])
   assert table["wikitext2_raw_carved"]["mle"]["perplexity"] == [19.0]
   assert study.validation_curves(str(archive), "wikitext2_raw_carved", "mle") == {10: [20.0]}
+  assert study.archived_commits(str(archive), table) == {"abc": 1}
+  assert "(commit: points; `point.json`): `abc` (1)." in study.full_report(str(archive), table)
   # A run skips an archived point entirely (its workdir may be gone) and archives the rest.
   ran, archived_points = [], []
   monkeypatch.setattr(study, "run_stage", lambda commands, root: ran.append(commands))
