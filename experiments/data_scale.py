@@ -42,8 +42,21 @@ DEFAULT_ROOT = os.path.join(study.REPO, "workdirs", "smollm2_data_scale")
 DEFAULT_ARCHIVE = os.path.join(study.REPO, "experiments", "results", "smollm2_data_scale")
 STUDY_ARCHIVE = os.path.join(study.REPO, "experiments", "results", "smollm2")
 TASKS = ("ag_news", "sst2")
-# The study's 60 steps of 8 blocks of 256 tokens.
-STUDY_TOKENS = 60 * 8 * 256
+
+
+def _study_config():
+  sys.path.insert(0, study.REPO)  # configs/ sits at the repository root.
+  from configs import smollm2_study
+
+  return smollm2_study.get_config()
+
+
+# The study's own points: one pass of num_steps batches (60 x 8 x 256 = 122,880 tokens).
+STUDY_TOKENS = (
+  _study_config().train.num_steps
+  * _study_config().train.batch_size
+  * _study_config().data.block_size
+)
 EVALUATIONS_PER_RUN = 6  # As the study's 60-step runs validate every 10 steps.
 
 
@@ -52,10 +65,12 @@ def group(budget: int) -> str:
   return f"tokens{budget}"
 
 
-def steps_per_epoch(budget: int, block_size: int = 256, batch_size: int = 8) -> int:
-  """Optimizer steps in one epoch of a budget's subset (every block but the split's last is
-  full, so the subset has ⌈budget / block_size⌉ blocks; an incomplete batch is dropped)."""
-  return -(-budget // block_size) // batch_size
+def steps_per_epoch(budget: int) -> int:
+  """Optimizer steps in one epoch of a budget's subset under :data:`CONFIG` (every block but
+  the split's last is full, so the subset has ⌈budget / block_size⌉ blocks; an incomplete
+  batch is dropped)."""
+  config = _study_config()
+  return -(-budget // config.data.block_size) // config.train.batch_size
 
 
 def point_commands(root, budget, objective, seed, extra=()):

@@ -28,8 +28,10 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -302,8 +304,15 @@ def record_timing(root, marker, seconds, **extra):
     )
 
 
+def _raise_on_sigterm(signum, frame):
+  raise SystemExit(128 + signum)  # An exception, so run_stage records the interrupted time.
+
+
 def run_stage(commands, root):
   os.makedirs(root, exist_ok=True)
+  # Python's default SIGTERM ends the process without running except blocks.
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
   for command, done in commands:
     if os.path.exists(done):
       print(f"done already: {done}", flush=True)

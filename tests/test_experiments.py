@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -328,6 +329,21 @@ def test_study_run_stage_logs_seconds_and_cores(tmp_path):
   missing = tmp_path / "other" / "eval.json"  # Exits 0 without writing its marker.
   with pytest.raises(RuntimeError, match="did not write"):
     study.run_stage([([sys.executable, "-c", "pass"], str(missing))], str(tmp_path))
+
+
+def test_study_run_stage_records_a_sigterm_interrupted_command(tmp_path):
+  done = tmp_path / "point" / "results.json"
+  script = (
+    f"import sys; sys.path.insert(0, {os.path.join(REPO, 'experiments')!r}); import study; "
+    f"study.run_stage([([sys.executable, '-c', 'import time; time.sleep(60)'], "
+    f"{str(done)!r})], {str(tmp_path)!r})"
+  )
+  process = subprocess.Popen([sys.executable, "-c", script])
+  time.sleep(5)  # Into the child's sleep.
+  process.terminate()
+  assert process.wait(timeout=30) != 0
+  (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
+  assert record["finished"] is False and record["seconds"] > 1
 
 
 def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
