@@ -14,7 +14,7 @@ one pass, but not one of the nested subsets) from ``experiments/results/smollm2`
     python experiments/data_scale.py report --figure experiments/figures/smollm2/data_scale.png \\
         --summary experiments/results/smollm2_data_scale.json
 
-Layout: ``<root>/tokens<budget>/<objective>/seed<seed>``, i.e. ``study.py``'s with the budget
+Layout: ``<root>/tokens<budget>/<objective>/seed<seed>``, i.e. ``study_grid.py``'s with the budget
 in the corpus's place, so its runner (timings, resumption) and archive serve here too.
 """
 
@@ -30,6 +30,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import study_grid
+import study_report
+
 import study
 
 CORPUS = "wikitext2_raw_carved"
@@ -38,14 +41,14 @@ OBJECTIVES = ("mle", "emo")
 SEEDS = (0,)
 CONFIG = "smollm2_study.py"
 PRETRAINED = "smollm2-135m"
-DEFAULT_ROOT = os.path.join(study.REPO, "workdirs", "smollm2_data_scale")
-DEFAULT_ARCHIVE = os.path.join(study.REPO, "experiments", "results", "smollm2_data_scale")
-STUDY_ARCHIVE = os.path.join(study.REPO, "experiments", "results", "smollm2")
+DEFAULT_ROOT = os.path.join(study_grid.REPO, "workdirs", "smollm2_data_scale")
+DEFAULT_ARCHIVE = os.path.join(study_grid.REPO, "experiments", "results", "smollm2_data_scale")
+STUDY_ARCHIVE = os.path.join(study_grid.REPO, "experiments", "results", "smollm2")
 TASKS = ("ag_news", "sst2")
 
 
 def _study_config():
-  sys.path.insert(0, study.REPO)  # configs/ sits at the repository root.
+  sys.path.insert(0, study_grid.REPO)  # configs/ sits at the repository root.
   from configs import smollm2_study
 
   return smollm2_study.get_config()
@@ -61,7 +64,7 @@ EVALUATIONS_PER_RUN = 6  # As the study's 60-step runs validate every 10 steps.
 
 
 def group(budget: int) -> str:
-  """The path component that takes the corpus's place in ``study.py``'s layout."""
+  """The path component that takes the corpus's place in ``study_grid.py``'s layout."""
   return f"tokens{budget}"
 
 
@@ -75,30 +78,30 @@ def steps_per_epoch(budget: int) -> int:
 
 def point_commands(root, budget, objective, seed, extra=()):
   """``[(command, done_marker)]``: fine-tune, evaluate, score few-shot."""
-  workdir = study.run_dir(root, group(budget), objective, seed)
+  workdir = study_grid.run_dir(root, group(budget), objective, seed)
   every = max(1, round(steps_per_epoch(budget) / EVALUATIONS_PER_RUN))
   common = [
     f"--config.model.pretrained={PRETRAINED}",
     f"--config.data.corpus={CORPUS}",
     f"--config.seed={seed}",
-    *study.OBJECTIVES[objective],
+    *study_grid.OBJECTIVES[objective],
     f"--config.data.max_train_tokens={budget}",
     "--config.train.num_epochs=1",
     f"--config.train.eval_every={every}",
     f"--config.train.save_every={every}",
     *extra,
   ]
-  fewshot = os.path.join(workdir, study.FEWSHOT_FILE)
+  fewshot = os.path.join(workdir, study_grid.FEWSHOT_FILE)
   return [
-    (study._main_py(CONFIG, workdir, *common), os.path.join(workdir, "results.json")),
+    (study.main_py(CONFIG, workdir, *common), os.path.join(workdir, "results.json")),
     (
-      study._main_py(CONFIG, workdir, "--mode", "eval", *common),
+      study.main_py(CONFIG, workdir, "--mode", "eval", *common),
       os.path.join(workdir, "eval.json"),
     ),
     (
       [
         sys.executable,
-        os.path.join(study.REPO, "experiments", "fewshot.py"),
+        os.path.join(study_grid.REPO, "experiments", "fewshot.py"),
         "--out",
         fewshot,
         "--model",
@@ -111,28 +114,28 @@ def point_commands(root, budget, objective, seed, extra=()):
 
 def run(root, archive, budgets, objectives, seeds, extra=()):
   """Every point trained, evaluated, scored and archived in a row (smallest budget first)."""
-  commit = study._commit()
+  commit = study.current_commit()
   for budget in budgets:
     for objective in objectives:
       for seed in seeds:
         point = (group(budget), objective, seed)
         if study.is_archived(archive, *point):
-          print(f"archived already: {study.run_dir(archive, *point)}", flush=True)
+          print(f"archived already: {study_grid.run_dir(archive, *point)}", flush=True)
           continue
         study.run_stage(point_commands(root, budget, objective, seed, extra), root)
         if archive:
           study.archive_point(root, archive, *point, commit=commit)
-          print(f"archived: {study.run_dir(archive, *point)}", flush=True)
+          print(f"archived: {study_grid.run_dir(archive, *point)}", flush=True)
 
 
 def _point_record(directory, objective):
   """``{perplexity, MAUVE, mean DEMD, best step, <task>: accuracy}`` of a finished point's
   files; None until its evaluation and few-shot scores exist."""
-  paths = {name: os.path.join(directory, name) for name in ("eval.json", study.FEWSHOT_FILE)}
+  paths = {name: os.path.join(directory, name) for name in ("eval.json", study_grid.FEWSHOT_FILE)}
   if not all(os.path.exists(path) for path in paths.values()):
     return None
-  evaluation = study._read_json(paths["eval.json"])
-  tasks = study._read_json(paths[study.FEWSHOT_FILE])[objective]["tasks"]
+  evaluation = study_report.read_json(paths["eval.json"])
+  tasks = study_report.read_json(paths[study_grid.FEWSHOT_FILE])[objective]["tasks"]
   record = {
     "perplexity": evaluation["perplexity"],
     "MAUVE": evaluation["mauve"]["mean"],
@@ -140,7 +143,7 @@ def _point_record(directory, objective):
     **{task: tasks[task]["accuracy"] for task in TASKS},
   }
   best = os.path.join(directory, "best_metric.json")
-  record["best step"] = study._read_json(best)["step"] if os.path.exists(best) else None
+  record["best step"] = study_report.read_json(best)["step"] if os.path.exists(best) else None
   return record
 
 
@@ -152,17 +155,19 @@ def collect(root, budgets=BUDGETS, objectives=OBJECTIVES, seeds=SEEDS, study_arc
   for objective in objectives:
     for budget in budgets:
       for seed in seeds:
-        record = _point_record(study.run_dir(root, group(budget), objective, seed), objective)
+        record = _point_record(study_grid.run_dir(root, group(budget), objective, seed), objective)
         if record:
           table.setdefault(objective, {}).setdefault(budget, {})[seed] = record
-    for seed in study.SEEDS:
-      directory = study.run_dir(study_archive, CORPUS, objective, seed)
+    for seed in study_grid.SEEDS:
+      directory = study_grid.run_dir(study_archive, CORPUS, objective, seed)
       record = _point_record(directory, objective)
       if record:
         table.setdefault(f"{objective} (study)", {}).setdefault(STUDY_TOKENS, {})[seed] = record
-  base = _point_record(study.run_dir(study_archive, CORPUS, study.BASE, 0), study.BASE)
+  base = _point_record(
+    study_grid.run_dir(study_archive, CORPUS, study_grid.BASE, 0), study_grid.BASE
+  )
   if base:
-    table[study.BASE] = {0: {0: base}}
+    table[study_grid.BASE] = {0: {0: base}}
   return table
 
 
@@ -201,10 +206,10 @@ def plot(table, path) -> str:
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 1 + len(TASKS), figsize=(5 * (1 + len(TASKS)), 4))
-  base = table.get(study.BASE, {}).get(0, {}).get(0)
+  base = table.get(study_grid.BASE, {}).get(0, {}).get(0)
   for axis, column in zip(axes, ("perplexity", *TASKS), strict=True):
     for objective, by_tokens in table.items():
-      if objective == study.BASE:
+      if objective == study_grid.BASE:
         continue
       name = objective.removesuffix(" (study)")
       tokens = sorted(by_tokens)
@@ -215,17 +220,19 @@ def plot(table, path) -> str:
         means,
         marker="o",
         linestyle="none" if hollow else "-",
-        markerfacecolor="none" if hollow else study.COLORS[name],
-        color=study.COLORS[name],
+        markerfacecolor="none" if hollow else study_report.COLORS[name],
+        color=study_report.COLORS[name],
         label=objective,
       )
     if base:
-      axis.axhline(base[column], color=study.COLORS[study.BASE], linestyle="--", label="base")
+      axis.axhline(
+        base[column], color=study_report.COLORS[study_grid.BASE], linestyle="--", label="base"
+      )
     axis.set_xscale("log")
     axis.set_xlabel("fine-tuning tokens (one epoch)")
     axis.set_title(f"{CORPUS}: test perplexity" if column == "perplexity" else f"{column} (8-shot)")
     axis.legend()
-  return study.save_figure(fig, path)
+  return study_report.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -236,7 +243,7 @@ def main(argv=None):
   parser.add_argument("--no_archive", action="store_true")
   parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
   parser.add_argument(
-    "--objectives", nargs="+", default=list(OBJECTIVES), choices=list(study.OBJECTIVES)
+    "--objectives", nargs="+", default=list(OBJECTIVES), choices=list(study_grid.OBJECTIVES)
   )
   parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
   parser.add_argument(

@@ -10,7 +10,7 @@ on so that later seeds can reuse each objective's compiled step (on the H200, tr
 37–45 s a point for seed 0 and 29–33 s for seed 1; cache hits were not logged). Points run
 seed-major (all objectives of seed 0, then seed 1, ...), so a budget that runs out leaves whole
 seeds.
-Workdirs and ``timings.jsonl`` have ``study.py``'s layout, so its report reads them.
+Workdirs and ``timings.jsonl`` have ``study_grid.py``'s layout, so ``study.py report`` reads them.
 
 MAUVE's featurizer does not travel to the device, so ``score`` adds MAUVE/ROUGE/repetition
 afterwards on any host (``main.py --mode score`` on each run):
@@ -45,6 +45,8 @@ from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]
+
+import study_grid
 
 import study
 
@@ -142,7 +144,7 @@ def run(root, objectives, seeds, budget_s, pack_path=None, smoke=False, keep_wei
   done, slowest = [], 0.0
   for seed in seeds:
     for objective in objectives:
-      workdir = study.run_dir(root, CORPUS, objective, seed)
+      workdir = study_grid.run_dir(root, CORPUS, objective, seed)
       trained = os.path.join(workdir, "results.json")
       evaluated = os.path.join(workdir, "eval.json")
       if os.path.exists(evaluated):
@@ -159,7 +161,7 @@ def run(root, objectives, seeds, budget_s, pack_path=None, smoke=False, keep_wei
         f"--config.model.pretrained={os.path.join(base, 'hf_export')}",
         f"--config.data.corpus={CORPUS}",
         f"--config.seed={seed}",
-        *study.OBJECTIVES[objective],
+        *study_grid.OBJECTIVES[objective],
       ]
       config = make_config("study_gpu_finetune", flags, "smoke" if smoke else "")
       point_start = time.time()
@@ -211,7 +213,7 @@ def score(root, objectives, seeds):
   featurizer = None  # Loaded once; every run's human continuations are featurized once.
   for seed in seeds:
     for objective in objectives:
-      workdir = study.run_dir(root, CORPUS, objective, seed)
+      workdir = study_grid.run_dir(root, CORPUS, objective, seed)
       path = os.path.join(workdir, "eval.json")
       if not os.path.exists(path):
         print(f"not generated: {workdir}", file=sys.stderr)
@@ -233,9 +235,12 @@ def main(argv=None):
   parser.add_argument("archive", nargs="?", help="unpack: the .tar.gz that run --pack wrote")
   parser.add_argument("--root", default=os.path.join(REPO, "workdirs", "study_gpu"))
   parser.add_argument(
-    "--objectives", nargs="+", default=list(study.OBJECTIVES), choices=list(study.OBJECTIVES)
+    "--objectives",
+    nargs="+",
+    default=list(study_grid.OBJECTIVES),
+    choices=list(study_grid.OBJECTIVES),
   )
-  parser.add_argument("--seeds", nargs="+", type=int, default=list(study.SEEDS))
+  parser.add_argument("--seeds", nargs="+", type=int, default=list(study_grid.SEEDS))
   parser.add_argument(
     "--budget-minutes",
     type=float,

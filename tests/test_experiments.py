@@ -91,12 +91,17 @@ def test_walkthrough_runs_and_its_claims_hold(executed_walkthrough):
 # The study driver: commands and the report's statistics (the runs themselves are hours).
 # ----------------------------------------------------------------------------------------
 
+import study_grid
+import study_report
+
 import study
 
 
 def test_study_grid_commands(tmp_path):
   finetune = study.stage_commands("finetune", str(tmp_path))
-  assert len(finetune) == len(study.CORPORA) * len(study.OBJECTIVES) * len(study.SEEDS)
+  assert len(finetune) == len(study_grid.CORPORA) * len(study_grid.OBJECTIVES) * len(
+    study_grid.SEEDS
+  )
   command, marker = finetune[0]
   assert command[1].endswith("main.py") and "--config.data.corpus=wikitext2_raw_carved" in (command)
   assert marker.endswith(os.path.join("wikitext2_raw_carved", "mle", "seed0", "results.json"))
@@ -117,7 +122,9 @@ def test_study_v2_starts_every_point_from_smollm2(tmp_path, capsys):
   )
   assert "--mode" in command and "--config.eval.model=smollm2-135m" in command
   assert "--config.data.corpus=ag_news" in command
-  assert marker == os.path.join(study.run_dir(str(tmp_path), "ag_news", "base", 0), "eval.json")
+  assert marker == os.path.join(
+    study_grid.run_dir(str(tmp_path), "ag_news", "base", 0), "eval.json"
+  )
   finetune = study.stage_commands(
     "finetune",
     str(tmp_path),
@@ -152,7 +159,7 @@ def test_study_v2_starts_every_point_from_smollm2(tmp_path, capsys):
 
 
 def _write_eval(root, objective, seed, mauve, perplexity):
-  path = os.path.join(study.run_dir(str(root), "ag_news", objective, seed), "eval.json")
+  path = os.path.join(study_grid.run_dir(str(root), "ag_news", objective, seed), "eval.json")
   os.makedirs(os.path.dirname(path))
   with open(path, "w") as f:
     json.dump(
@@ -171,9 +178,11 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
     _write_eval(tmp_path, "mle", seed, base, 30.0 + seed)
     _write_eval(tmp_path, "emo", seed, base + 0.2 + noise, 31.0 + seed + noise)
     _write_eval(tmp_path, "tailr", seed, base + [0.05, -0.05, 0.0][seed], 30.0 + seed)
-  table = study.collect(str(tmp_path), corpora=["ag_news"], objectives=["mle", "emo", "tailr"])
+  table = study_report.collect(
+    str(tmp_path), corpora=["ag_news"], objectives=["mle", "emo", "tailr"]
+  )
   assert table["ag_news"]["emo"]["seeds"] == [0, 1, 2]
-  report = study.markdown_report(table)
+  report = study_report.markdown_report(table)
   emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
   tailr_row = next(line for line in report.splitlines() if line.startswith("| tailr |"))
   # MAUVE +0.2 on every seed: a win; perplexity +1 on every seed: a loss (lower is better).
@@ -181,11 +190,14 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
   assert "p=0.000" not in report
   assert "| 31.00 ± 0.82 |" in report.splitlines()[4]  # MLE perplexity: two decimals ...
   assert "| 0.0500 ± 0.0000 |" in report.splitlines()[4]  # ... rates: four.
-  assert (study.format_p_value(0.0), study.format_p_value(0.0004)) == ("p<0.001", "p<0.001")
-  assert study.format_p_value(0.0421) == "p=0.042"
+  assert (study_report.format_p_value(0.0), study_report.format_p_value(0.0004)) == (
+    "p<0.001",
+    "p<0.001",
+  )
+  assert study_report.format_p_value(0.0421) == "p=0.042"
   assert "(tie" in tailr_row.split("|")[4]
-  assert study.paired_p_value([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == 0.0  # Constant shift.
-  assert study.paired_p_value([1.0, 2.0], [1.0, 2.0]) is None  # No difference at all.
+  assert study_report.paired_p_value([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == 0.0  # Constant shift.
+  assert study_report.paired_p_value([1.0, 2.0], [1.0, 2.0]) is None  # No difference at all.
 
 
 def test_study_v2_report_has_the_base_row_without_a_verdict(tmp_path, capsys):
@@ -242,7 +254,7 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
   for seed in range(2):
     for objective, mauve in (("mle", 0.5), ("emo", 0.7)):
       _write_eval(root, objective, seed, mauve + 0.01 * seed, 30.0)
-      workdir = study.run_dir(str(root), "ag_news", objective, seed)
+      workdir = study_grid.run_dir(str(root), "ag_news", objective, seed)
       records = [
         {"step": 10, "train/loss": 3.0, "train/step_seconds": 9.0},  # Compiles.
         {"step": 20, "train/loss": 2.9, "train/step_seconds": 1.0 + seed},
@@ -259,14 +271,16 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
           if seed == 1:  # Pinned to one core; seed 0's records predate the field (2 cores).
             record["cores"] = 1
           f.write(json.dumps(record) + "\n")
-  assert study.validation_curves(str(root), "ag_news", "emo") == {
+  assert study_report.validation_curves(str(root), "ag_news", "emo") == {
     25: [40.0, 39.0],
     50: [35.0, 34.0],
   }
   # Median of 1, 1, 2, 2: neither the compiling interval (9) nor the one with an eval (50).
-  assert study.step_seconds(str(root), "ag_news", "mle") == 1.5
+  assert study_report.step_seconds(str(root), "ag_news", "mle") == 1.5
   results = tmp_path / "RESULTS.md"
-  results.write_text(f"# Results\nintro\n{study.BEGIN}\nold tables\n{study.END}\noutro\n")
+  results.write_text(
+    f"# Results\nintro\n{study_report.BEGIN}\nold tables\n{study_report.END}\noutro\n"
+  )
   study.main(
     [
       "report",
@@ -287,7 +301,7 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
     ]
   )
   text = results.read_text()
-  assert text.startswith("# Results\nintro\n") and text.endswith(f"{study.END}\noutro\n")
+  assert text.startswith("# Results\nintro\n") and text.endswith(f"{study_report.END}\noutro\n")
   assert "old tables" not in text and "| emo | 2 |" in text
   assert "Evaluated grid points: **4 of 4**" in text  # The grid asked for: 1 x 2 x 2.
   assert "![ag_news](figures/study_ag_news.png)" in text
@@ -298,13 +312,13 @@ def test_study_report_writes_figures_timings_and_results_file(tmp_path):
   assert "| eval | ag_news | emo | 2 | 1 | 1.0 |" in text
   assert "| eval | ag_news | emo | 1 | 1 | 2.0 |" in text
   # Another section (the GPU table) has its own markers and leaves this one alone.
-  begin, end = study.markers("study_gpu")
+  begin, end = study_report.markers("study_gpu")
   results.write_text(f"{text}{begin}\nold\n{end}\n")
-  study.update_between_markers(str(results), "gpu table", section="study_gpu")
+  study_report.update_between_markers(str(results), "gpu table", section="study_gpu")
   assert results.read_text() == f"{text}{begin}\ngpu table\n{end}\n"
   results.write_text("no markers")
   with pytest.raises(ValueError, match="lacks the markers"):
-    study.update_between_markers(str(results), "x")
+    study_report.update_between_markers(str(results), "x")
 
 
 def test_study_run_everything_evaluates_each_point_right_after_training(capsys):
@@ -347,11 +361,11 @@ def test_study_run_stage_records_a_sigterm_interrupted_command(tmp_path):
 
 
 def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
-  marker = study.run_dir(str(tmp_path), "ag_news", "emo", 2) + "/results.json"
+  marker = study_grid.run_dir(str(tmp_path), "ag_news", "emo", 2) + "/results.json"
   with open(tmp_path / "timings.jsonl", "w") as f:
     f.write(json.dumps({"marker": marker, "seconds": 60.0}) + "\n")  # Predates "cores".
     f.write(json.dumps({"marker": marker, "seconds": 30.0, "cores": 1}) + "\n")
-  assert study.read_timings(str(tmp_path)) == {("finetune", "ag_news", "emo", 1): {2: 30.0}}
+  assert study_report.read_timings(str(tmp_path)) == {("finetune", "ag_news", "emo", 1): {2: 30.0}}
 
 
 def test_an_interrupted_point_counts_every_invocation(tmp_path):
@@ -361,22 +375,22 @@ def test_an_interrupted_point_counts_every_invocation(tmp_path):
     study.run_stage([(failing, str(done))], str(tmp_path))
   (unfinished,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   assert unfinished["finished"] is False and unfinished["seconds"] >= 0.2
-  assert study.read_timings(str(tmp_path)) == {}  # Nothing finished yet.
+  assert study_report.read_timings(str(tmp_path)) == {}  # Nothing finished yet.
   resume = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
   done.parent.mkdir(parents=True)
   study.run_stage([(resume, str(done))], str(tmp_path))
   records = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   cores = len(os.sched_getaffinity(0))
-  (seconds,) = study.read_timings(str(tmp_path))[
+  (seconds,) = study_report.read_timings(str(tmp_path))[
     ("finetune", "wikitext2_raw_carved", "mle", cores)
   ].values()
   assert seconds == pytest.approx(records[0]["seconds"] + records[1]["seconds"])
   # A rerun after the marker was deleted starts the count again.
   with open(tmp_path / "timings.jsonl", "a") as f:
     f.write(json.dumps({"marker": str(done), "seconds": 5.0, "cores": cores}) + "\n")
-  assert study.read_timings(str(tmp_path))[("finetune", "wikitext2_raw_carved", "mle", cores)] == {
-    0: 5.0
-  }
+  assert study_report.read_timings(str(tmp_path))[
+    ("finetune", "wikitext2_raw_carved", "mle", cores)
+  ] == {0: 5.0}
 
 
 @pytest.mark.slow
@@ -384,16 +398,16 @@ def test_study_v2_point_evaluations_cover_the_issues_models(tmp_path):
   root = str(tmp_path)
   decoding = study.stage_commands("decoding", root, setting="smollm2")
   # MLE and EMO on WikiText-2 raw, every seed, each temperature; nothing else.
-  assert len(decoding) == 2 * len(study.SEEDS) * len(study.TEMPERATURES)
+  assert len(decoding) == 2 * len(study_grid.SEEDS) * len(study_grid.TEMPERATURES)
   command, marker = decoding[0]
-  workdir = study.run_dir(root, "wikitext2_raw_carved", "mle", 0)
+  workdir = study_grid.run_dir(root, "wikitext2_raw_carved", "mle", 0)
   assert f"--config.eval.model={workdir}/hf_export" in command
   assert "--config.eval.temperature=0.7" in command and "--mode" in command
   assert marker == os.path.join(workdir, "decoding", "T0.70", "eval.json")
   fewshot = study.stage_commands("fewshot", root, setting="smollm2")
   models = [command[-1] for command, _ in fewshot]
   # The base once, then MLE, EMO and EMO-DEMD fine-tuned on WikiText-2 raw, every seed.
-  assert len(fewshot) == 3 * len(study.SEEDS) + 1
+  assert len(fewshot) == 3 * len(study_grid.SEEDS) + 1
   assert models[-1] == "base=smollm2-135m" and models[0] == f"mle={workdir}/hf_export"
   assert all(marker.endswith("fewshot.json") for _, marker in fewshot)
   with pytest.raises(ValueError, match="no decoding stage"):
@@ -451,14 +465,14 @@ def test_study_v2_smoke_run_on_a_tiny_llama_covers_every_stage(tmp_path, data_di
     ["run", *grid, "--smoke", "--pretrained", str(tmp_path / "tiny_llama"), "--root", str(root)]
     + ["--archive", str(archive)]
   )
-  point = study.run_dir(str(archive), corpus, "emo", 0)
+  point = study_grid.run_dir(str(archive), corpus, "emo", 0)
   assert sorted(json.load(open(os.path.join(point, "point.json")))["files"]) == sorted(
     [
       "eval.json",
       "metrics.jsonl",
       "best_metric.json",
       "fewshot.json",
-      *(os.path.join("decoding", f"T{t:.2f}", "eval.json") for t in study.TEMPERATURES),
+      *(os.path.join("decoding", f"T{t:.2f}", "eval.json") for t in study_grid.TEMPERATURES),
       "timings.jsonl",
     ]
   )
@@ -470,12 +484,12 @@ def test_study_v2_smoke_run_on_a_tiny_llama_covers_every_stage(tmp_path, data_di
   assert "Evaluated grid points: **1 of 1**." in printed
   assert "| base | 1 |" in printed and "| emo | 1 |" in printed
   assert "decoding temperature" in printed and "| emo | 0 | 4 |" in printed  # 4 queries.
-  timings = study.read_timings(str(archive))
+  timings = study_report.read_timings(str(archive))
   assert {key[0] for key in timings} >= {"finetune", "eval", "fewshot", "decoding T0.70"}
 
 
 def _finished_point(root, corpus="wikitext2_raw_carved", objective="mle", seed=0):
-  workdir = study.run_dir(str(root), corpus, objective, seed)
+  workdir = study_grid.run_dir(str(root), corpus, objective, seed)
   os.makedirs(os.path.join(workdir, "decoding", "T0.70"))
   os.makedirs(os.path.join(workdir, "checkpoints"))
   record = {"perplexity": 19.0, "mauve": {"mean": 0.4}, "rouge": {"rougeL": 0.13}}
@@ -498,7 +512,7 @@ def _finished_point(root, corpus="wikitext2_raw_carved", objective="mle", seed=0
     ]:
       marker = os.path.join(workdir, name)
       f.write(json.dumps({"marker": marker, "seconds": seconds, "cores": 2}) + "\n")
-    other = study.run_dir(str(root), corpus, objective, seed + 1)  # Another point's record.
+    other = study_grid.run_dir(str(root), corpus, objective, seed + 1)  # Another point's record.
     f.write(json.dumps({"marker": f"{other}/results.json", "seconds": 1.0, "cores": 2}) + "\n")
   return workdir
 
@@ -517,25 +531,27 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
       "timings.jsonl",
     ]
   )
-  archived = study.run_dir(str(archive), "wikitext2_raw_carved", "mle", 0)
+  archived = study_grid.run_dir(str(archive), "wikitext2_raw_carved", "mle", 0)
   assert not os.path.exists(os.path.join(archived, "checkpoints"))  # Weights stay behind.
   assert json.load(open(os.path.join(archived, "point.json")))["commit"] == "abc"
   assert study.is_archived(str(archive), "wikitext2_raw_carved", "mle", 0)
   # Only this point's timings, with markers relative to the root.
   records = [json.loads(line) for line in open(os.path.join(archived, "timings.jsonl"))]
   assert len(records) == 4 and not any(os.path.isabs(r["marker"]) for r in records)
-  timings = study.read_timings(str(archive))
+  timings = study_report.read_timings(str(archive))
   assert timings == {
     ("finetune", "wikitext2_raw_carved", "mle", 2): {0: 600.0},
     ("eval", "wikitext2_raw_carved", "mle", 2): {0: 300.0},
     ("decoding T0.70", "wikitext2_raw_carved", "mle", 2): {0: 200.0},
     ("fewshot", "wikitext2_raw_carved", "mle", 2): {0: 100.0},
   }
-  table = study.collect(str(archive), ["wikitext2_raw_carved"], ["mle"], [0])
+  table = study_report.collect(str(archive), ["wikitext2_raw_carved"], ["mle"], [0])
   assert table["wikitext2_raw_carved"]["mle"]["perplexity"] == [19.0]
-  assert study.validation_curves(str(archive), "wikitext2_raw_carved", "mle") == {10: [20.0]}
-  assert study.archived_commits(str(archive), table) == {"abc": 1}
-  assert "(commit: points; `point.json`): `abc` (1)." in study.full_report(str(archive), table)
+  assert study_report.validation_curves(str(archive), "wikitext2_raw_carved", "mle") == {10: [20.0]}
+  assert study_report.archived_commits(str(archive), table) == {"abc": 1}
+  assert "(commit: points; `point.json`): `abc` (1)." in study_report.full_report(
+    str(archive), table
+  )
   # A run skips an archived point entirely (its workdir may be gone) and archives the rest.
   ran, archived_points = [], []
   monkeypatch.setattr(study, "run_stage", lambda commands, root: ran.append(commands))
@@ -589,22 +605,28 @@ def test_rep2_verdict_is_the_distance_to_the_human_rate(tmp_path):
   for objective, rate in rates.items():
     for seed in (0, 1, 2):
       record = _eval_record(0.4, rep2=rate + 0.001 * seed)
-      _write_json(os.path.join(study.run_dir(root, corpus, objective, seed), "eval.json"), record)
-  report = study.markdown_report(study.collect(root, [corpus], list(rates)))
+      _write_json(
+        os.path.join(study_grid.run_dir(root, corpus, objective, seed), "eval.json"), record
+      )
+  report = study_report.markdown_report(study_report.collect(root, [corpus], list(rates)))
   assert "Human continuations' rep-2: 0.0400." in report
   assert "rep-2 (nearer the human rate wins)" in report
   rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if "|" in line}
   assert "0.0400 ± 0.0008 (win, p=0.002)" in rows["emo"]  # Higher than MLE, yet nearer.
   assert "0.0710 ± 0.0008 (loss, p=" in rows["tailr"]
-  one_seed = study.markdown_report(study.collect(root, [corpus], list(rates), seeds=[0]))
+  one_seed = study_report.markdown_report(
+    study_report.collect(root, [corpus], list(rates), seeds=[0])
+  )
   assert "| emo | 1 | 19.00 ± 0.00 (1 pair, untested) |" in one_seed  # No verdict from one.
   # Records without the human rate (the CPU study's) get no rep-2 verdict at all.
   for seed in (0, 1, 2):
-    path = os.path.join(study.run_dir(root, corpus, "emo", seed), "eval.json")
+    path = os.path.join(study_grid.run_dir(root, corpus, "emo", seed), "eval.json")
     record = json.load(open(path))
     del record["repetition"]["rep-2"]["human"]
     _write_json(path, record)
-  rows = study.markdown_report(study.collect(root, [corpus], list(rates))).splitlines()
+  rows = study_report.markdown_report(
+    study_report.collect(root, [corpus], list(rates))
+  ).splitlines()
   assert next(line for line in rows if line.startswith("| emo")).endswith(
     "| 0.0400 ± 0.0008 | 0.5000 ± 0.0000 (tie) |"
   )
@@ -619,30 +641,30 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
     for seed in (0, 1, 2):
       for temperature, mauve in by_temperature.items():
         directory = (
-          study.run_dir(root, corpus, objective, seed)
+          study_grid.run_dir(root, corpus, objective, seed)
           if temperature == 1.0
-          else study.decoding_dir(root, corpus, objective, seed, temperature)
+          else study_grid.decoding_dir(root, corpus, objective, seed, temperature)
         )
         record = _eval_record(mauve + 0.01 * seed, rep2=0.1 - 0.05 * temperature)
         _write_json(os.path.join(directory, "eval.json"), record)
       _write_json(
-        os.path.join(study.run_dir(root, corpus, objective, seed), "best_metric.json"),
+        os.path.join(study_grid.run_dir(root, corpus, objective, seed), "best_metric.json"),
         {"step": 50 + seed, "eval/perplexity": 18.0},
       )
       # Few-shot: EMO gets query 0 right where MLE does not, on every seed.
       correct = [objective == "emo", True, False, True]
       result = {"accuracy": float(np.mean(correct)), "low": 0.1, "high": 0.9, "correct": correct}
       _write_json(
-        os.path.join(study.run_dir(root, corpus, objective, seed), "fewshot.json"),
+        os.path.join(study_grid.run_dir(root, corpus, objective, seed), "fewshot.json"),
         {objective: {"tasks": {"sst2": result}}},
       )
-  decoding_table = study.decoding_table(root, corpus)
-  assert study.best_temperature(decoding_table["mle"]) == 0.85
-  assert study.best_temperature(decoding_table["emo"]) == 1.0
-  report = study.decoding_report(root, corpus)
+  decoding_table = study_report.decoding_table(root, corpus)
+  assert study_report.best_temperature(decoding_table["mle"]) == 0.85
+  assert study_report.best_temperature(decoding_table["emo"]) == 1.0
+  report = study_report.decoding_report(root, corpus)
   assert "| mle | 3 | 0.310 ± 0.008 / 0.065 |" in report
   assert "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win (p<0.001)" in report
-  fewshot = study.fewshot_report(root)
+  fewshot = study_report.fewshot_report(root)
   assert "| emo | 2 | 4 | 0.750 [0.100, 0.900] | +1 / -0 (p=1.000) |" in fewshot
   assert "| mle | 0 | 4 | 0.500 [0.100, 0.900] | — |" in fewshot
 
@@ -712,13 +734,13 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
 
   for objective, offset in (("mle", 0.0), ("emo", 1.0)):
     for budget, perplexity in ((25_000, 30.0), (100_000, 25.0)):
-      directory = study.run_dir(str(root), data_scale.group(budget), objective, 0)
+      directory = study_grid.run_dir(str(root), data_scale.group(budget), objective, 0)
       write_point(directory, objective, perplexity + offset, 0.4 + offset / 10, 12)
     for seed in (0, 1):  # The study's own points, two seeds.
-      directory = study.run_dir(str(study_archive), data_scale.CORPUS, objective, seed)
+      directory = study_grid.run_dir(str(study_archive), data_scale.CORPUS, objective, seed)
       write_point(directory, objective, 19.0 + seed + offset, 0.5, 60)
   write_point(
-    study.run_dir(str(study_archive), data_scale.CORPUS, "base", 0), "base", 37.0, 0.52, 0
+    study_grid.run_dir(str(study_archive), data_scale.CORPUS, "base", 0), "base", 37.0, 0.52, 0
   )
   data_scale.main(
     [
@@ -878,11 +900,11 @@ def test_study_gpu_runs_packs_unpacks_and_scores(tmp_path):
   scored = json.load(open(root / "wikitext2_raw_carved" / "mle" / "seed0" / "eval.json"))
   assert scored["perplexity"] == unscored["perplexity"]
   assert 0.0 <= scored["mauve"]["mean"] <= 1.0 and len(scored["mauve"]["runs"]) == 5
-  assert study.collect(str(root), ["wikitext2_raw_carved"], ["mle"], [0])["wikitext2_raw_carved"][
-    "mle"
-  ]["seeds"] == [0]
+  assert study_report.collect(str(root), ["wikitext2_raw_carved"], ["mle"], [0])[
+    "wikitext2_raw_carved"
+  ]["mle"]["seeds"] == [0]
   # The report names the device the timings were taken on (here JAX's CPU "device").
-  report = study.timings_report(str(root), {"wikitext2_raw_carved": {"mle": {}}})
+  report = study_report.timings_report(str(root), {"wikitext2_raw_carved": {"mle": {}}})
   assert report.startswith("Device: cpu (`cores`")
   assert "| eval | wikitext2_raw_carved | mle |" in report
 
