@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import zlib
 from typing import Any
 
@@ -42,6 +43,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 INTEGRITY_FILE = "integrity.json"
+PERIODIC_DIRECTORY = "checkpoints"
+BEST_DIRECTORY = "best"
 SET_ASIDE_DIRECTORY = "checkpoints_set_aside"
 _CHUNK_BYTES = 1 << 24
 
@@ -120,13 +123,33 @@ def write_json_atomically(path: str, record: Any) -> None:
 # ----------------------------------------------------------------------------------------
 
 
+def remove_periodic_checkpoints(workdir: str) -> int:
+  """Deletes a *finished* run's periodic checkpoints and returns the bytes freed.
+
+  Only a resumed run reads them; evaluation and export read ``best/``, which stays, as do
+  set-aside (damaged) checkpoints, kept for inspection. For drivers that run many points on
+  one disk (a SmolLM2-135M point's two periodic checkpoints are ~3 GB); deleting them from a
+  run that has not finished would lose its progress.
+  """
+  directory = os.path.join(os.path.abspath(workdir), PERIODIC_DIRECTORY)
+  if not os.path.isdir(directory):
+    return 0
+  freed = sum(
+    os.path.getsize(os.path.join(folder, name))
+    for folder, _, names in os.walk(directory)
+    for name in names
+  )
+  shutil.rmtree(directory)
+  return freed
+
+
 class Checkpointer:
   """Periodic checkpoints of ``(state, data_state)``; the best-by-validation params."""
 
   def __init__(self, workdir: str, keep: int = 2):
     workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(workdir, "checkpoints")
-    self.best_directory = os.path.join(workdir, "best")
+    self.directory = os.path.join(workdir, PERIODIC_DIRECTORY)
+    self.best_directory = os.path.join(workdir, BEST_DIRECTORY)
     self.set_aside_directory = os.path.join(workdir, SET_ASIDE_DIRECTORY)
     # Temporary directories are leftovers of saves a crash interrupted: never restorable.
     options = dict(create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True)

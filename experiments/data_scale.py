@@ -112,20 +112,15 @@ def point_commands(root, budget, objective, seed, extra=()):
   ]
 
 
-def run(root, archive, budgets, objectives, seeds, extra=()):
+def run(root, archive, budgets, objectives, seeds, extra=(), prune_checkpoints=False):
   """Every point trained, evaluated, scored and archived in a row (smallest budget first)."""
   commit = study.current_commit()
   for budget in budgets:
     for objective in objectives:
       for seed in seeds:
+        commands = point_commands(root, budget, objective, seed, extra)
         point = (group(budget), objective, seed)
-        if study.is_archived(archive, *point):
-          print(f"archived already: {study_grid.run_dir(archive, *point)}", flush=True)
-          continue
-        study.run_stage(point_commands(root, budget, objective, seed, extra), root)
-        if archive:
-          study.archive_point(root, archive, *point, commit=commit)
-          print(f"archived: {study_grid.run_dir(archive, *point)}", flush=True)
+        study.run_point(root, archive, point, commands, commit, prune_checkpoints)
 
 
 def _point_record(directory, objective):
@@ -241,6 +236,11 @@ def main(argv=None):
   parser.add_argument("--root", help=f"run: default {DEFAULT_ROOT}; report: default the archive")
   parser.add_argument("--archive", default=DEFAULT_ARCHIVE, help="run: where points are archived")
   parser.add_argument("--no_archive", action="store_true")
+  parser.add_argument(
+    "--prune_checkpoints",
+    action="store_true",
+    help="run: delete each archived point's periodic checkpoints (study.py's flag)",
+  )
   parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
   parser.add_argument(
     "--objectives", nargs="+", default=list(OBJECTIVES), choices=list(study_grid.OBJECTIVES)
@@ -265,7 +265,8 @@ def main(argv=None):
             print(shlex.join(command))
     return
   if args.action == "run":
-    run(args.root or DEFAULT_ROOT, archive, args.budgets, args.objectives, args.seeds, extra)
+    root = args.root or DEFAULT_ROOT
+    run(root, archive, args.budgets, args.objectives, args.seeds, extra, args.prune_checkpoints)
     return
   table = collect(
     args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive

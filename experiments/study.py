@@ -304,6 +304,26 @@ def archive_point(root, archive, corpus, objective, seed, commit=None):
   return summary["files"]
 
 
+def run_point(root, archive, point, commands, commit, prune_checkpoints=False):
+  """Runs one point's ``commands`` (a finished command is skipped, an interrupted one
+  resumes), then archives it; a point already in ``archive`` is skipped whole. ``point`` is
+  ``(corpus, objective, seed)``, or None for commands that are not a point (a base to
+  pretrain): those are run, never archived. ``prune_checkpoints``: delete an archived
+  point's periodic checkpoints (only a resumed run needs them)."""
+  if point and is_archived(archive, *point):
+    print(f"archived already: {run_dir(archive, *point)}", flush=True)
+    return
+  run_stage(commands, root)
+  if point and archive:
+    archive_point(root, archive, *point, commit=commit)
+    print(f"archived: {run_dir(archive, *point)}", flush=True)
+    if prune_checkpoints:
+      from emo_jax import checkpointing
+
+      freed = checkpointing.remove_periodic_checkpoints(run_dir(root, *point))
+      print(f"pruned: {freed / 2**30:.1f} GiB of periodic checkpoints", flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("action", choices=["commands", "run", "report"])
@@ -327,6 +347,12 @@ def main(argv=None):
     "and skip points already there; default experiments/results/<the setting's archive>",
   )
   parser.add_argument("--no_archive", action="store_true", help="run: archive nothing")
+  parser.add_argument(
+    "--prune_checkpoints",
+    action="store_true",
+    help="run: once a point is archived, delete its periodic (resume) checkpoints; its best "
+    "checkpoint and export stay (a SmolLM2 point's periodic ones are ~3 GB)",
+  )
   parser.add_argument(
     "--smoke",
     action="store_true",
@@ -404,13 +430,7 @@ def main(argv=None):
     return
   commit = current_commit()
   for point, commands in groups:
-    if point and is_archived(archive, *point):
-      print(f"archived already: {run_dir(archive, *point)}", flush=True)
-      continue
-    run_stage(commands, args.root)
-    if point and archive:
-      archive_point(args.root, archive, *point, commit=commit)
-      print(f"archived: {run_dir(archive, *point)}", flush=True)
+    run_point(args.root, archive, point, commands, commit, args.prune_checkpoints)
 
 
 def point_groups(root, corpora, objectives, seeds, extra, setting):

@@ -85,7 +85,9 @@ def make_config(name, overrides, variant=""):
 
 
 def drop_checkpoints(workdir):
-  for name in ("checkpoints", "best"):
+  from emo_jax import checkpointing
+
+  for name in (checkpointing.PERIODIC_DIRECTORY, checkpointing.BEST_DIRECTORY):
     shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
 
 

@@ -56,6 +56,28 @@ def test_best_checkpoint_holds_the_params_and_the_metrics_that_made_it_best(tmp_
   checkpointer.close()
 
 
+def test_removing_a_finished_runs_periodic_checkpoints_keeps_the_best_and_set_aside(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  state = _state(1.0)
+  for step in (2, 4):
+    checkpointer.save(step, state, {"train": {"epoch": 0, "position": step}})
+  checkpointer.save_best(4, state["params"], {"step": 4, "eval/perplexity": 9.5})
+  checkpointer.close()
+  set_aside = tmp_path / checkpointing.SET_ASIDE_DIRECTORY / "1"
+  set_aside.mkdir(parents=True)
+  (set_aside / "damaged").write_bytes(b"x" * 10)
+  periodic_bytes = _directory_bytes(tmp_path / checkpointing.PERIODIC_DIRECTORY)
+
+  assert checkpointing.remove_periodic_checkpoints(str(tmp_path)) == periodic_bytes > 0
+  assert sorted(os.listdir(tmp_path)) == [checkpointing.BEST_DIRECTORY, set_aside.parent.name]
+  reopened = checkpointing.Checkpointer(str(tmp_path))
+  assert reopened.latest_step() is None
+  restored = reopened.restore_best_params(checkpointing.abstract_like(state["params"]))
+  np.testing.assert_array_equal(restored["wte"], state["params"]["wte"])
+  reopened.close()
+  assert checkpointing.remove_periodic_checkpoints(str(tmp_path / "nothing_here")) == 0
+
+
 def test_a_better_score_replaces_the_best_checkpoint_and_survives_reopening(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   checkpointer.save_best(4, _state(1.0)["params"], {"step": 4, "eval/perplexity": 50.0})

@@ -582,6 +582,28 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
     study.archive_point(str(root), str(archive), "ag_news", "mle", 0)
 
 
+def test_run_point_prunes_periodic_checkpoints_only_once_the_point_is_archived(tmp_path, capsys):
+  root, archive = tmp_path / "workdirs", tmp_path / "archive"
+  point = ("wikitext2_raw_carved", "mle", 0)
+  workdir = _finished_point(root)
+  for name in ("checkpoints/60/state", "best/60/params"):
+    os.makedirs(os.path.join(workdir, name))
+    with open(os.path.join(workdir, name, "weights"), "wb") as f:
+      f.write(b"w" * 1000)
+  failing = [([sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path / "never"))]
+  with pytest.raises(subprocess.CalledProcessError):  # A failed point is neither archived...
+    study.run_point(str(root), str(archive), point, failing, "abc", prune_checkpoints=True)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints"))  # ... nor pruned.
+  study.run_point(str(root), None, point, [], "abc", prune_checkpoints=True)  # No archive.
+  assert os.path.isdir(os.path.join(workdir, "checkpoints"))
+
+  study.run_point(str(root), str(archive), point, [], "abc", prune_checkpoints=True)
+  assert study.is_archived(str(archive), *point)
+  assert sorted(os.listdir(os.path.join(workdir, "best", "60"))) == ["params"]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert "pruned: 0.0 GiB" in capsys.readouterr().out
+
+
 def _write_json(path, record):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
