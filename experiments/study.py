@@ -56,6 +56,8 @@ from study_grid import (  # What the study is; shared with the report.
   with_options,
 )
 
+from emo_jax import checkpointing
+
 # ----------------------------------------------------------------------------------------
 # Commands: one ``main.py`` / ``fewshot.py`` call per stage of a point, with its done marker.
 # ----------------------------------------------------------------------------------------
@@ -219,7 +221,41 @@ def _raise_on_sigterm(signum, frame):
   raise SystemExit(128 + signum)  # An exception, so run_stage records the interrupted time.
 
 
-def run_stage(commands, root):
+# How much of a command's time a SIGKILL (or a machine that goes away) can leave unrecorded.
+HEARTBEAT_SECONDS = 30.0
+
+
+def _in_flight_path(done):
+  """The running command's heartbeat, ``{"seconds", "cores"}`` so far, beside its marker."""
+  return done + ".in_flight.json"
+
+
+def _heartbeat(path, start, stop, interval):
+  while not stop.wait(interval):
+    record = {"seconds": time.time() - start, "cores": len(os.sched_getaffinity(0))}
+    checkpointing.write_json_atomically(path, record)
+
+
+def _record_killed_invocation(root, done):
+  """An invocation killed without a chance to record its time (SIGKILL) left its last
+  heartbeat: that time counts towards the command, as an interrupted one's does."""
+  path = _in_flight_path(done)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      beat = json.load(f)
+    record_timing(root, done, beat["seconds"], finished=False, killed=True, cores=beat["cores"])
+  except (OSError, ValueError, KeyError) as error:  # Unreadable: say so, count nothing.
+    print(f"unreadable heartbeat {path} ({error}); its time is not counted", flush=True)
+  os.remove(path)
+
+
+def run_stage(commands, root, heartbeat_seconds=HEARTBEAT_SECONDS):
+  """Runs each ``(command, done_marker)`` whose marker does not exist yet, appending its
+  wall-clock to ``<root>/timings.jsonl``: finished, interrupted (an exception or SIGTERM), or,
+  for an invocation that was killed outright, its last heartbeat (every
+  ``heartbeat_seconds``), recorded when the command is next run."""
   os.makedirs(root, exist_ok=True)
   # Python's default SIGTERM ends the process without running except blocks.
   if threading.current_thread() is threading.main_thread():
@@ -228,8 +264,16 @@ def run_stage(commands, root):
     if os.path.exists(done):
       print(f"done already: {done}", flush=True)
       continue
+    _record_killed_invocation(root, done)
     print(shlex.join(command), flush=True)
-    start = time.time()
+    os.makedirs(os.path.dirname(os.path.abspath(done)), exist_ok=True)
+    start, stop = time.time(), threading.Event()
+    beat = threading.Thread(
+      target=_heartbeat,
+      args=(_in_flight_path(done), start, stop, heartbeat_seconds),
+      daemon=True,
+    )
+    beat.start()
     try:
       subprocess.run(command, check=True)  # A preempted training run exits non-zero.
     except BaseException:
@@ -237,6 +281,11 @@ def run_stage(commands, root):
       # which the next invocation resumes (read_timings adds the two).
       record_timing(root, done, time.time() - start, finished=False)
       raise
+    finally:
+      stop.set()
+      beat.join()
+      if os.path.exists(_in_flight_path(done)):
+        os.remove(_in_flight_path(done))
     if not os.path.exists(done):
       raise RuntimeError(f"{shlex.join(command)} exited 0 but did not write {done}.")
     record_timing(root, done, time.time() - start)
@@ -297,8 +346,6 @@ def archive_point(root, archive, corpus, objective, seed, commit=None):
           records.append({**record, "marker": os.path.relpath(record["marker"], root)})
   with open(os.path.join(target, "timings.jsonl"), "w") as f:
     f.writelines(json.dumps(record) + "\n" for record in records)
-  from emo_jax import checkpointing
-
   summary = {"commit": commit or current_commit(), "files": [*names, "timings.jsonl"]}
   checkpointing.write_json_atomically(os.path.join(target, ARCHIVED), summary)
   return summary["files"]
@@ -318,8 +365,6 @@ def run_point(root, archive, point, commands, commit, prune_checkpoints=False):
     archive_point(root, archive, *point, commit=commit)
     print(f"archived: {run_dir(archive, *point)}", flush=True)
     if prune_checkpoints:
-      from emo_jax import checkpointing
-
       freed = checkpointing.remove_periodic_checkpoints(run_dir(root, *point))
       print(f"pruned: {freed / 2**30:.1f} GiB of periodic checkpoints", flush=True)
 

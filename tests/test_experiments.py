@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -345,19 +346,54 @@ def test_study_run_stage_logs_seconds_and_cores(tmp_path):
     study.run_stage([([sys.executable, "-c", "pass"], str(missing))], str(tmp_path))
 
 
-def test_study_run_stage_records_a_sigterm_interrupted_command(tmp_path):
-  done = tmp_path / "point" / "results.json"
+def _wait_for_heartbeat(path, seconds, timeout=60):
+  """Until ``run_stage``'s command has run ``seconds`` (its heartbeat file says so)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if path.exists() and json.loads(path.read_text())["seconds"] > seconds:
+      return
+    time.sleep(0.2)
+  raise TimeoutError(f"no heartbeat past {seconds} s in {path}")
+
+
+def _run_stage_in_subprocess(done, root):
+  """A driver whose command sleeps a minute, heartbeat every 0.5 s."""
   script = (
     f"import sys; sys.path.insert(0, {os.path.join(REPO, 'experiments')!r}); import study; "
     f"study.run_stage([([sys.executable, '-c', 'import time; time.sleep(60)'], "
-    f"{str(done)!r})], {str(tmp_path)!r})"
+    f"{str(done)!r})], {str(root)!r}, heartbeat_seconds=0.5)"
   )
-  process = subprocess.Popen([sys.executable, "-c", script])
-  time.sleep(5)  # Into the child's sleep.
+  return subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+
+
+def test_study_run_stage_records_a_sigterm_interrupted_command(tmp_path):
+  done = tmp_path / "point" / "results.json"
+  process = _run_stage_in_subprocess(done, tmp_path)
+  _wait_for_heartbeat(done.parent / "results.json.in_flight.json", 1.0)  # Into the sleep.
   process.terminate()
-  assert process.wait(timeout=30) != 0
+  assert process.wait(timeout=30) != 0  # subprocess.run killed the command on the way out.
   (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   assert record["finished"] is False and record["seconds"] > 1
+  assert not (done.parent / "results.json.in_flight.json").exists()  # Recorded once.
+
+
+def test_study_run_stage_counts_a_sigkilled_invocation_from_its_heartbeat(tmp_path):
+  done = tmp_path / "wikitext2_raw_carved" / "mle" / "seed0" / "results.json"
+  process = _run_stage_in_subprocess(done, tmp_path)
+  in_flight = done.parent / "results.json.in_flight.json"
+  _wait_for_heartbeat(in_flight, 2.0)
+  os.killpg(process.pid, signal.SIGKILL)  # Driver and command, as a lost machine would.
+  process.wait(timeout=30)
+  assert not (tmp_path / "timings.jsonl").exists()  # Nothing had a chance to record.
+
+  finish = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
+  study.run_stage([(finish, str(done))], str(tmp_path))
+  killed, finished = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
+  assert killed["finished"] is False and killed["killed"] is True
+  assert 2 < killed["seconds"] < 10 and killed["cores"] == len(os.sched_getaffinity(0))
+  assert "finished" not in finished and not in_flight.exists()
+  (total,) = study_report.read_timings(str(tmp_path)).values()
+  assert total[0] == pytest.approx(killed["seconds"] + finished["seconds"])
 
 
 def test_read_timings_keeps_a_rerun_commands_latest_record(tmp_path):
@@ -377,7 +413,6 @@ def test_an_interrupted_point_counts_every_invocation(tmp_path):
   assert unfinished["finished"] is False and unfinished["seconds"] >= 0.2
   assert study_report.read_timings(str(tmp_path)) == {}  # Nothing finished yet.
   resume = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
-  done.parent.mkdir(parents=True)
   study.run_stage([(resume, str(done))], str(tmp_path))
   records = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   cores = len(os.sched_getaffinity(0))
