@@ -432,8 +432,8 @@ def test_an_interrupted_point_counts_every_invocation(tmp_path):
 def test_study_v2_point_evaluations_cover_the_issues_models(tmp_path):
   root = str(tmp_path)
   decoding = study.stage_commands("decoding", root, setting="smollm2")
-  # MLE and EMO on WikiText-2 raw, every seed, each temperature; nothing else.
-  assert len(decoding) == 2 * len(study_grid.SEEDS) * len(study_grid.TEMPERATURES)
+  # MLE and EMO (both weightings) on WikiText-2 raw, every seed, each temperature; no more.
+  assert len(decoding) == 3 * len(study_grid.SEEDS) * len(study_grid.TEMPERATURES)
   command, marker = decoding[0]
   workdir = study_grid.run_dir(root, "wikitext2_raw_carved", "mle", 0)
   assert f"--config.eval.model={workdir}/hf_export" in command
