@@ -55,10 +55,9 @@ def _study_config():
 
 
 # The study's own points: one pass of num_steps batches (60 x 8 x 256 = 122,880 tokens).
+_STUDY_CONFIG = _study_config()
 STUDY_TOKENS = (
-  _study_config().train.num_steps
-  * _study_config().train.batch_size
-  * _study_config().data.block_size
+  _STUDY_CONFIG.train.num_steps * _STUDY_CONFIG.train.batch_size * _STUDY_CONFIG.data.block_size
 )
 EVALUATIONS_PER_RUN = 6  # As the study's 60-step runs validate every 10 steps.
 
@@ -72,7 +71,7 @@ def steps_per_epoch(budget: int) -> int:
   """Optimizer steps in one epoch of a budget's subset under :data:`CONFIG` (every block but
   the split's last is full, so the subset has ⌈budget / block_size⌉ blocks; an incomplete
   batch is dropped)."""
-  config = _study_config()
+  config = _STUDY_CONFIG
   return -(-budget // config.data.block_size) // config.train.batch_size
 
 

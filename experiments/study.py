@@ -56,8 +56,6 @@ from study_grid import (  # What the study is; shared with the report.
   with_options,
 )
 
-from emo_jax import checkpointing
-
 # ----------------------------------------------------------------------------------------
 # Commands: one ``main.py`` / ``fewshot.py`` call per stage of a point, with its done marker.
 # ----------------------------------------------------------------------------------------
@@ -231,9 +229,12 @@ def _in_flight_path(done):
 
 
 def _heartbeat(path, start, stop, interval):
+  # Not checkpointing.write_json_atomically: importing it loads jax (~1.8 s, ~165 MB) into a
+  # driver that sits beside every training run.
   while not stop.wait(interval):
-    record = {"seconds": time.time() - start, "cores": len(os.sched_getaffinity(0))}
-    checkpointing.write_json_atomically(path, record)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"seconds": time.time() - start, "cores": len(os.sched_getaffinity(0))}, f)
+    os.replace(path + ".tmp", path)
 
 
 def _record_killed_invocation(root, done):
@@ -346,6 +347,8 @@ def archive_point(root, archive, corpus, objective, seed, commit=None):
           records.append({**record, "marker": os.path.relpath(record["marker"], root)})
   with open(os.path.join(target, "timings.jsonl"), "w") as f:
     f.writelines(json.dumps(record) + "\n" for record in records)
+  from emo_jax import checkpointing  # Here, not at the top: see _heartbeat.
+
   summary = {"commit": commit or current_commit(), "files": [*names, "timings.jsonl"]}
   checkpointing.write_json_atomically(os.path.join(target, ARCHIVED), summary)
   return summary["files"]
@@ -365,6 +368,8 @@ def run_point(root, archive, point, commands, commit, prune_checkpoints=False):
     archive_point(root, archive, *point, commit=commit)
     print(f"archived: {run_dir(archive, *point)}", flush=True)
     if prune_checkpoints:
+      from emo_jax import checkpointing
+
       freed = checkpointing.remove_periodic_checkpoints(run_dir(root, *point))
       print(f"pruned: {freed / 2**30:.1f} GiB of periodic checkpoints", flush=True)
 
