@@ -159,6 +159,24 @@ def test_eval_batches_cover_every_block_once_and_pad_with_zero_weight():
   )
 
 
+@pytest.mark.parametrize("kind", ["blocks", "instruction_rows"])
+def test_row_helpers_keep_the_form_and_agree_with_each_other(kind):
+  blocks = make_blocks(n=6)
+  rows = input_pipeline.blocks_to_batch(blocks) if kind == "instruction_rows" else blocks
+  picked = np.array([4, 0, 2])
+  selected = input_pipeline.select_rows(rows, picked)
+  assert type(selected) is type(rows) and input_pipeline.num_rows(selected) == 3
+  # take_rows is select_rows then the batch form; blocks are split, a batch is not re-split.
+  expected = input_pipeline.blocks_to_batch(blocks[picked])
+  taken = input_pipeline.take_rows(rows, picked)
+  assert taken.keys() == expected.keys()
+  for key in expected:
+    np.testing.assert_array_equal(taken[key], expected[key])
+  first = input_pipeline.take_rows(input_pipeline.first_rows(rows, 2), np.arange(2))
+  np.testing.assert_array_equal(first["inputs"], blocks[:2, :-1])
+  assert input_pipeline.num_rows(input_pipeline.first_rows(rows, 100)) == 6  # Fewer: all rows.
+
+
 def test_too_few_blocks_for_a_batch_is_an_error():
   with pytest.raises(ValueError, match="fewer than one global batch"):
     input_pipeline.TrainIterator(make_blocks(n=3), 4, seed=0)

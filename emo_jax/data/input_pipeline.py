@@ -74,25 +74,23 @@ def num_rows(rows: Rows) -> int:
   return len(rows["inputs"]) if isinstance(rows, dict) else len(rows)
 
 
-def take_rows(rows: Rows, indices: np.ndarray) -> Batch:
-  """The batch of rows ``indices``: blocks are split into inputs/targets/weights, a batch of
-  rows (:mod:`emo_jax.data.instructions`) is indexed as it is."""
-  if isinstance(rows, dict):
-    return {k: v[indices] for k, v in rows.items()}
-  return blocks_to_batch(rows[indices])
-
-
-def select_rows(rows: Rows, indices: np.ndarray) -> Rows:
+def select_rows(rows: Rows, indices: np.ndarray | slice) -> Rows:
   """Rows ``indices`` in the form they came in (blocks stay blocks, unlike :func:`take_rows`)."""
   if isinstance(rows, dict):
     return {k: v[indices] for k, v in rows.items()}
   return rows[indices]
 
 
+def take_rows(rows: Rows, indices: np.ndarray) -> Batch:
+  """The batch of rows ``indices``: blocks are split into inputs/targets/weights, a batch of
+  rows (:mod:`emo_jax.data.instructions`) is indexed as it is."""
+  selected = select_rows(rows, indices)
+  return selected if isinstance(selected, dict) else blocks_to_batch(selected)
+
+
 def first_rows(rows: Rows, count: int) -> Rows:
-  if isinstance(rows, dict):
-    return {k: v[:count] for k, v in rows.items()}
-  return rows[:count]
+  """The first ``count`` rows (all of them when there are fewer), in the form they came in."""
+  return select_rows(rows, slice(count))
 
 
 def pad_rows(rows: Rows, count: int) -> Rows:
