@@ -113,13 +113,12 @@ def point_commands(root, budget, objective, seed, extra=()):
 
 def run(root, archive, budgets, objectives, seeds, extra=(), prune_checkpoints=False):
   """Every point trained, evaluated, scored and archived in a row (smallest budget first)."""
-  commit = study.current_commit()
   for budget in budgets:
     for objective in objectives:
       for seed in seeds:
         commands = point_commands(root, budget, objective, seed, extra)
         point = (group(budget), objective, seed)
-        study.run_point(root, archive, point, commands, commit, prune_checkpoints)
+        study.run_point(root, archive, point, commands, prune_checkpoints)
 
 
 def _point_record(directory, objective):

@@ -311,11 +311,24 @@ def is_archived(archive, corpus, objective, seed) -> bool:
   )
 
 
-def current_commit() -> str:
-  result = subprocess.run(
-    ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+# What a point's numbers depend on: every tracked file but prose and the study's own outputs
+# (archived results and figures are committed while the study runs).
+_NOT_CODE = (":(exclude)*.md", ":(exclude)experiments/results", ":(exclude)experiments/figures")
+
+
+def current_commit(repo: str = REPO) -> str:
+  """HEAD's commit, with ``-dirty`` appended when a tracked file other than prose and the
+  study's outputs differs from it (the code that ran is then in no commit); "unknown"
+  outside a git checkout."""
+  head = subprocess.run(
+    ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+  ).stdout.strip()
+  if not head:
+    return "unknown"
+  changed = subprocess.run(
+    ["git", "-C", repo, "diff", "--quiet", "HEAD", "--", ".", *_NOT_CODE], check=False
   )
-  return result.stdout.strip() or "unknown"
+  return f"{head}-dirty" if changed.returncode == 1 else head
 
 
 def archive_point(root, archive, corpus, objective, seed, commit=None):
@@ -354,15 +367,18 @@ def archive_point(root, archive, corpus, objective, seed, commit=None):
   return summary["files"]
 
 
-def run_point(root, archive, point, commands, commit, prune_checkpoints=False):
+def run_point(root, archive, point, commands, prune_checkpoints=False):
   """Runs one point's ``commands`` (a finished command is skipped, an interrupted one
-  resumes), then archives it; a point already in ``archive`` is skipped whole. ``point`` is
+  resumes), then archives it with the commit checked out when this invocation started it (a
+  ``run`` over many points may outlive a commit); a point already in ``archive`` is skipped
+  whole. ``point`` is
   ``(corpus, objective, seed)``, or None for commands that are not a point (a base to
   pretrain): those are run, never archived. ``prune_checkpoints``: delete an archived
   point's periodic checkpoints (only a resumed run needs them)."""
   if point and is_archived(archive, *point):
     print(f"archived already: {run_dir(archive, *point)}", flush=True)
     return
+  commit = current_commit()
   run_stage(commands, root)
   if point and archive:
     archive_point(root, archive, *point, commit=commit)
@@ -478,9 +494,8 @@ def main(argv=None):
       for command, _ in commands:
         print(shlex.join(command))
     return
-  commit = current_commit()
   for point, commands in groups:
-    run_point(args.root, archive, point, commands, commit, args.prune_checkpoints)
+    run_point(args.root, archive, point, commands, args.prune_checkpoints)
 
 
 def point_groups(root, corpora, objectives, seeds, extra, setting):

@@ -574,7 +574,8 @@ FULL_GRID = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
 
 def archived_commits(root, table) -> dict[str, int]:
   """``{commit: points}`` over ``table``'s points archived under ``root`` (their
-  ``point.json``: the commit checked out when ``run`` started the point), most points first."""
+  ``point.json``: the commit checked out when ``run`` last started the point, ``-dirty`` if
+  tracked code differed from it), most points first."""
   paths = (
     os.path.join(run_dir(root, corpus, objective, seed), ARCHIVED)
     for corpus, objectives in table.items()

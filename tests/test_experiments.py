@@ -617,7 +617,35 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
     study.archive_point(str(root), str(archive), "ag_news", "mle", 0)
 
 
-def test_run_point_prunes_periodic_checkpoints_only_once_the_point_is_archived(tmp_path, capsys):
+def test_current_commit_marks_uncommitted_code_but_not_prose_or_study_outputs(tmp_path):
+  repo = str(tmp_path / "repo")
+  files = {"lib.py": "x = 1\n", "notes.md": "a\n", "experiments/results/p.json": "{}\n"}
+  for name, text in files.items():
+    os.makedirs(os.path.dirname(os.path.join(repo, name)), exist_ok=True)
+    with open(os.path.join(repo, name), "w") as f:
+      f.write(text)
+  git = ["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@t"]
+  subprocess.run(["git", "init", "-q", repo], check=True)
+  subprocess.run([*git, "add", "."], check=True)
+  subprocess.run([*git, "commit", "-qm", "c"], check=True)
+  head = subprocess.run(
+    [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+  ).stdout.strip()
+  assert study.current_commit(repo) == head
+  for name in ("notes.md", "experiments/results/p.json"):  # Written while the study runs.
+    with open(os.path.join(repo, name), "a") as f:
+      f.write("more\n")
+  assert study.current_commit(repo) == head
+  with open(os.path.join(repo, "lib.py"), "a") as f:
+    f.write("x = 2\n")
+  assert study.current_commit(repo) == f"{head}-dirty"
+  os.makedirs(tmp_path / "plain")
+  assert study.current_commit(str(tmp_path / "plain")) == "unknown"
+
+
+def test_run_point_prunes_periodic_checkpoints_only_once_the_point_is_archived(
+  tmp_path, capsys, monkeypatch
+):
   root, archive = tmp_path / "workdirs", tmp_path / "archive"
   point = ("wikitext2_raw_carved", "mle", 0)
   workdir = _finished_point(root)
@@ -627,13 +655,17 @@ def test_run_point_prunes_periodic_checkpoints_only_once_the_point_is_archived(t
       f.write(b"w" * 1000)
   failing = [([sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path / "never"))]
   with pytest.raises(subprocess.CalledProcessError):  # A failed point is neither archived...
-    study.run_point(str(root), str(archive), point, failing, "abc", prune_checkpoints=True)
+    study.run_point(str(root), str(archive), point, failing, prune_checkpoints=True)
   assert os.path.isdir(os.path.join(workdir, "checkpoints"))  # ... nor pruned.
-  study.run_point(str(root), None, point, [], "abc", prune_checkpoints=True)  # No archive.
+  study.run_point(str(root), None, point, [], prune_checkpoints=True)  # No archive.
   assert os.path.isdir(os.path.join(workdir, "checkpoints"))
 
-  study.run_point(str(root), str(archive), point, [], "abc", prune_checkpoints=True)
+  commits = iter(["at the point's start", "later"])
+  monkeypatch.setattr(study, "current_commit", lambda: next(commits))
+  study.run_point(str(root), str(archive), point, [], prune_checkpoints=True)
   assert study.is_archived(str(archive), *point)
+  archived = study_grid.run_dir(str(archive), *point)
+  assert json.load(open(os.path.join(archived, "point.json")))["commit"] == "at the point's start"
   assert sorted(os.listdir(os.path.join(workdir, "best", "60"))) == ["params"]
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert "pruned: 0.0 GiB" in capsys.readouterr().out
