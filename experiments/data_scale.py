@@ -71,8 +71,7 @@ def steps_per_epoch(budget: int) -> int:
   """Optimizer steps in one epoch of a budget's subset under :data:`CONFIG` (every block but
   the split's last is full, so the subset has ⌈budget / block_size⌉ blocks; an incomplete
   batch is dropped)."""
-  config = _STUDY_CONFIG
-  return -(-budget // config.data.block_size) // config.train.batch_size
+  return -(-budget // _STUDY_CONFIG.data.block_size) // _STUDY_CONFIG.train.batch_size
 
 
 def point_commands(root, budget, objective, seed, extra=()):

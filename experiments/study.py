@@ -229,8 +229,8 @@ def _in_flight_path(done):
 
 
 def _heartbeat(path, start, stop, interval):
-  # Not checkpointing.write_json_atomically: importing it loads jax (~1.8 s, ~165 MB) into a
-  # driver that sits beside every training run.
+  # Not checkpointing.write_json_atomically: importing it loads jax into a driver that sits
+  # beside every training run.
   while not stop.wait(interval):
     with open(path + ".tmp", "w") as f:
       json.dump({"seconds": time.time() - start, "cores": len(os.sched_getaffinity(0))}, f)
@@ -371,9 +371,8 @@ def run_point(root, archive, point, commands, prune_checkpoints=False):
   """Runs one point's ``commands`` (a finished command is skipped, an interrupted one
   resumes), then archives it with the commit checked out when this invocation started it (a
   ``run`` over many points may outlive a commit); a point already in ``archive`` is skipped
-  whole. ``point`` is
-  ``(corpus, objective, seed)``, or None for commands that are not a point (a base to
-  pretrain): those are run, never archived. ``prune_checkpoints``: delete an archived
+  whole. ``point`` is ``(corpus, objective, seed)``, or None for commands that are not a
+  point (a base to pretrain): those are run, never archived. ``prune_checkpoints``: delete an archived
   point's periodic checkpoints (only a resumed run needs them)."""
   if point and is_archived(archive, *point):
     print(f"archived already: {run_dir(archive, *point)}", flush=True)
