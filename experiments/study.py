@@ -331,51 +331,120 @@ def current_commit(repo: str = REPO) -> str:
   return f"{head}-dirty" if changed.returncode == 1 else head
 
 
-def archive_point(root, archive, corpus, objective, seed, commit=None):
+def _archived_name(name: str) -> bool:
+  """Whether a file of a point's workdir (a path relative to it) belongs in the archive."""
+  parts = name.split(os.sep)
+  return name in ARCHIVED_FILES or (
+    len(parts) == 3 and parts[0] == "decoding" and parts[2] == "eval.json"
+  )
+
+
+def archive_gaps(root, archive, point, commands) -> list[str]:
+  """The archivable files that ``point``'s ``commands`` write and its archive lacks
+  (relative to the point's directory): evaluations the grid gained after the point was
+  archived (issue #17's decoding comparison, widened to TaiLr and MixCE)."""
+  workdir = run_dir(root, *point)
+  names = (os.path.relpath(done, workdir) for _, done in commands)
+  return [
+    name
+    for name in names
+    if _archived_name(name) and not os.path.exists(os.path.join(run_dir(archive, *point), name))
+  ]
+
+
+def archive_point(root, archive, corpus, objective, seed, commit=None, only=None):
   """Copies a finished point's small files from ``root`` into ``archive`` (same layout), with
   its ``timings.jsonl`` records (markers made relative to the root), so that the report can
-  be rebuilt from the repository after the workdirs are gone. Returns the archived files."""
-  source = run_dir(root, corpus, objective, seed)
+  be rebuilt from the repository after the workdirs are gone. Returns the archived files.
+
+  ``only``: add just these files (relative to the point's directory) to a point archived
+  before, with their timings; its archived files stay as they are and ``point.json`` lists
+  the addition under ``"added"`` with its own commit."""
+  source = os.path.abspath(run_dir(root, corpus, objective, seed))
   target = run_dir(archive, corpus, objective, seed)
-  names = [name for name in ARCHIVED_FILES if os.path.exists(os.path.join(source, name))]
-  decoding = os.path.join(source, "decoding")
-  if os.path.isdir(decoding):
-    names += [
-      os.path.join("decoding", temperature, "eval.json")
-      for temperature in sorted(os.listdir(decoding))
-      if os.path.exists(os.path.join(decoding, temperature, "eval.json"))
-    ]
-  if "eval.json" not in names:
-    raise FileNotFoundError(f"{source} has no eval.json: evaluate the point before archiving it.")
+  if only is None:
+    names = [name for name in ARCHIVED_FILES if os.path.exists(os.path.join(source, name))]
+    decoding = os.path.join(source, "decoding")
+    if os.path.isdir(decoding):
+      names += [
+        os.path.join("decoding", temperature, "eval.json")
+        for temperature in sorted(os.listdir(decoding))
+        if os.path.exists(os.path.join(decoding, temperature, "eval.json"))
+      ]
+    if "eval.json" not in names:
+      raise FileNotFoundError(f"{source} has no eval.json: evaluate the point before archiving it.")
+  else:
+    names = list(only)
+    absent = [name for name in names if not os.path.exists(os.path.join(source, name))]
+    if absent or not os.path.exists(os.path.join(target, ARCHIVED)):
+      raise FileNotFoundError(
+        f"cannot add {absent or names} to {target}: "
+        + ("not in " + source if absent else "the point is not archived yet")
+      )
   for name in names:
     os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
     shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+  # The point's records (an addition: only its files', after those archived before).
+  added = {os.path.join(source, name) for name in names}
   timings = os.path.join(root, "timings.jsonl")
   records = []
   if os.path.exists(timings):
     with open(timings) as f:
       for line in f:
         record = json.loads(line)
-        if os.path.abspath(record["marker"]).startswith(os.path.abspath(source) + os.sep):
+        marker = os.path.abspath(record["marker"])
+        if marker.startswith(source + os.sep) and (only is None or marker in added):
           records.append({**record, "marker": os.path.relpath(record["marker"], root)})
-  with open(os.path.join(target, "timings.jsonl"), "w") as f:
+  with open(os.path.join(target, "timings.jsonl"), "a" if only is not None else "w") as f:
     f.writelines(json.dumps(record) + "\n" for record in records)
   from emo_jax import checkpointing  # Here, not at the top: see _heartbeat.
 
-  summary = {"commit": commit or current_commit(), "files": [*names, "timings.jsonl"]}
+  commit = commit or current_commit()
+  if only is None:
+    summary = {"commit": commit, "files": [*names, "timings.jsonl"]}
+  else:
+    with open(os.path.join(target, ARCHIVED)) as f:
+      summary = json.load(f)
+    summary["files"] += [name for name in names if name not in summary["files"]]
+    summary.setdefault("added", []).append({"commit": commit, "files": names})
   checkpointing.write_json_atomically(os.path.join(target, ARCHIVED), summary)
-  return summary["files"]
+  return names if only is not None else summary["files"]
 
 
 def run_point(root, archive, point, commands, prune_checkpoints=False):
   """Runs one point's ``commands`` (a finished command is skipped, an interrupted one
   resumes), then archives it with the commit checked out when this invocation started it (a
-  ``run`` over many points may outlive a commit); a point already in ``archive`` is skipped
-  whole. ``point`` is ``(corpus, objective, seed)``, or None for commands that are not a
-  point (a base to pretrain): those are run, never archived. ``prune_checkpoints``: delete an archived
-  point's periodic checkpoints (only a resumed run needs them)."""
+  ``run`` over many points may outlive a commit). ``point`` is ``(corpus, objective, seed)``,
+  or None for commands that are not a point (a base to pretrain): those are run, never
+  archived. ``prune_checkpoints``: delete an archived point's periodic checkpoints (only a
+  resumed run needs them).
+
+  A point already in ``archive`` is skipped whole, unless the grid has since gained an
+  evaluation it lacks: that evaluation runs from the point's workdir and is added to the
+  archive. Where the workdir cannot make it without training or evaluating the point again
+  (the workdir is gone), the point is skipped with a message: its archive is never replaced."""
   if point and is_archived(archive, *point):
-    print(f"archived already: {run_dir(archive, *point)}", flush=True)
+    missing = archive_gaps(root, archive, point, commands)
+    if not missing:
+      print(f"archived already: {run_dir(archive, *point)}", flush=True)
+      return
+    workdir = run_dir(root, *point)
+    rerun = [
+      os.path.relpath(done, workdir)
+      for _, done in commands
+      if not os.path.exists(done) and os.path.relpath(done, workdir) not in missing
+    ]
+    if rerun:
+      print(
+        f"archived {run_dir(archive, *point)} lacks {', '.join(missing)}, but {workdir} "
+        f"would first have to remake {', '.join(rerun)}: skipped",
+        flush=True,
+      )
+      return
+    commit = current_commit()
+    run_stage(commands, root)
+    archive_point(root, archive, *point, commit=commit, only=missing)
+    print(f"added to {run_dir(archive, *point)}: {', '.join(missing)}", flush=True)
     return
   commit = current_commit()
   run_stage(commands, root)

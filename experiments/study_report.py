@@ -575,14 +575,19 @@ FULL_GRID = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
 def archived_commits(root, table) -> dict[str, int]:
   """``{commit: points}`` over ``table``'s points archived under ``root`` (their
   ``point.json``: the commit checked out when ``run`` last started the point, ``-dirty`` if
-  tracked code differed from it), most points first."""
+  tracked code differed from it), most points first. A point with evaluations added later
+  counts under each commit that wrote some of its files."""
   paths = (
     os.path.join(run_dir(root, corpus, objective, seed), ARCHIVED)
     for corpus, objectives in table.items()
     for objective, values in objectives.items()
     for seed in values["seeds"]
   )
-  commits = collections.Counter(read_json(path)["commit"] for path in paths if os.path.exists(path))
+  commits = collections.Counter()
+  for path in paths:
+    if os.path.exists(path):
+      point = read_json(path)
+      commits.update({point["commit"], *(added["commit"] for added in point.get("added", []))})
   return dict(commits.most_common())
 
 

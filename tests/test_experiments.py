@@ -432,8 +432,8 @@ def test_an_interrupted_point_counts_every_invocation(tmp_path):
 def test_study_v2_point_evaluations_cover_the_issues_models(tmp_path):
   root = str(tmp_path)
   decoding = study.stage_commands("decoding", root, setting="smollm2")
-  # MLE and EMO (both weightings) on WikiText-2 raw, every seed, each temperature; no more.
-  assert len(decoding) == 3 * len(study_grid.SEEDS) * len(study_grid.TEMPERATURES)
+  # Every objective on WikiText-2 raw, every seed, each temperature; no more.
+  assert len(decoding) == 5 * len(study_grid.SEEDS) * len(study_grid.TEMPERATURES)
   command, marker = decoding[0]
   workdir = study_grid.run_dir(root, "wikitext2_raw_carved", "mle", 0)
   assert f"--config.eval.model={workdir}/hf_export" in command
@@ -610,7 +610,11 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
       "0",
     ]
   )
-  assert "archived already" in capsys.readouterr().out
+  # The grid's T = 0.85 and 1.15 runs are not archived, and this root cannot make them
+  # without training the point again: skipped, its archive left alone.
+  out = capsys.readouterr().out
+  assert f"lacks {os.path.join('decoding', 'T0.85', 'eval.json')}" in out
+  assert "would first have to remake results.json, eval.json" in out
   assert archived_points == [("wikitext2_raw_carved", "base", 0)] and len(ran) == 1
   monkeypatch.undo()
   with pytest.raises(FileNotFoundError, match="no eval.json"):
@@ -669,6 +673,55 @@ def test_run_point_prunes_periodic_checkpoints_only_once_the_point_is_archived(
   assert sorted(os.listdir(os.path.join(workdir, "best", "60"))) == ["params"]
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert "pruned: 0.0 GiB" in capsys.readouterr().out
+
+
+def test_an_archived_point_gains_the_evaluations_the_grid_added(tmp_path, capsys, monkeypatch):
+  root, archive = tmp_path / "workdirs", tmp_path / "archive"
+  point = ("wikitext2_raw_carved", "tailr", 0)
+  workdir = _finished_point(root, *point[:2])
+  study.archive_point(str(root), str(archive), *point, commit="trained")
+  archived = study_grid.run_dir(str(archive), *point)
+  records_before = open(os.path.join(archived, "timings.jsonl")).read()
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    f.write("{}")
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    f.write('{"changed": "in the workdir since"}')
+  new = os.path.join("decoding", "T0.85", "eval.json")
+  write = "import json, sys; json.dump({'perplexity': 19.0}, open(sys.argv[1], 'w'))"
+  commands = [
+    ([sys.executable, "-c", "raise SystemExit('trained again')"], f"{workdir}/results.json"),
+    ([sys.executable, "-c", "raise SystemExit('evaluated again')"], f"{workdir}/eval.json"),
+    ([sys.executable, "-c", write, os.path.join(workdir, new)], os.path.join(workdir, new)),
+  ]
+  assert study.archive_gaps(str(root), str(archive), point, commands) == [new]
+  monkeypatch.setattr(study, "current_commit", lambda: "decoded")
+  study.run_point(str(root), str(archive), point, commands)
+  assert f"added to {archived}: {new}" in capsys.readouterr().out
+  assert json.load(open(os.path.join(archived, new))) == {"perplexity": 19.0}
+  assert json.load(open(os.path.join(archived, "eval.json")))["perplexity"] == 19.0  # Kept.
+  summary = json.load(open(os.path.join(archived, "point.json")))
+  assert summary["commit"] == "trained" and summary["added"] == [
+    {"commit": "decoded", "files": [new]}
+  ]
+  assert new in summary["files"]
+  records = open(os.path.join(archived, "timings.jsonl")).read()
+  assert records.startswith(records_before)
+  added = [json.loads(line) for line in records[len(records_before) :].splitlines()]
+  assert [record["marker"] for record in added] == [os.path.relpath(commands[2][1], root)]
+  table = study_report.collect(str(archive), [point[0]], [point[1]], [0])
+  assert study_report.archived_commits(str(archive), table) == {"trained": 1, "decoded": 1}
+  study.run_point(str(root), str(archive), point, commands)  # Complete now: skipped.
+  assert "archived already" in capsys.readouterr().out
+  # A workdir without its trained model cannot make an addition: skipped, nothing run.
+  os.remove(os.path.join(workdir, "results.json"))
+  later = os.path.join("decoding", "T1.15", "eval.json")
+  commands[2] = ([sys.executable, "-c", write, os.path.join(workdir, later)], commands[2][1])
+  commands.append(commands[2][:1] + (os.path.join(workdir, later),))
+  study.run_point(str(root), str(archive), point, commands)
+  assert "would first have to remake results.json: skipped" in capsys.readouterr().out
+  assert not os.path.exists(os.path.join(workdir, later))
+  with pytest.raises(FileNotFoundError, match="not in"):
+    study.archive_point(str(root), str(archive), *point, only=[later])
 
 
 def _write_json(path, record):
