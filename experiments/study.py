@@ -317,18 +317,24 @@ _NOT_CODE = (":(exclude)*.md", ":(exclude)experiments/results", ":(exclude)exper
 
 
 def current_commit(repo: str = REPO) -> str:
-  """HEAD's commit, with ``-dirty`` appended when a tracked file other than prose and the
-  study's outputs differs from it (the code that ran is then in no commit); "unknown"
-  outside a git checkout."""
+  """HEAD's commit, with ``-dirty`` appended when a file other than prose and the study's
+  outputs differs from it or is new and not ignored (the code that ran is then in no
+  commit), ``-unchecked`` when git cannot say; "unknown" outside a git checkout."""
   head = subprocess.run(
     ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
   ).stdout.strip()
   if not head:
     return "unknown"
-  changed = subprocess.run(
-    ["git", "-C", repo, "diff", "--quiet", "HEAD", "--", ".", *_NOT_CODE], check=False
+  # No optional locks: the study's result commits may hold the index meanwhile.
+  status = subprocess.run(
+    ["git", "--no-optional-locks", "-C", repo, "status", "--porcelain", "--", ".", *_NOT_CODE],
+    capture_output=True,
+    text=True,
+    check=False,
   )
-  return f"{head}-dirty" if changed.returncode == 1 else head
+  if status.returncode != 0:
+    return f"{head}-unchecked"
+  return f"{head}-dirty" if status.stdout.strip() else head
 
 
 def _archived_name(name: str) -> bool:

@@ -621,7 +621,7 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
     study.archive_point(str(root), str(archive), "ag_news", "mle", 0)
 
 
-def test_current_commit_marks_uncommitted_code_but_not_prose_or_study_outputs(tmp_path):
+def test_current_commit_marks_uncommitted_or_new_code_but_not_prose_or_study_outputs(tmp_path):
   repo = str(tmp_path / "repo")
   files = {"lib.py": "x = 1\n", "notes.md": "a\n", "experiments/results/p.json": "{}\n"}
   for name, text in files.items():
@@ -640,9 +640,19 @@ def test_current_commit_marks_uncommitted_code_but_not_prose_or_study_outputs(tm
     with open(os.path.join(repo, name), "a") as f:
       f.write("more\n")
   assert study.current_commit(repo) == head
+  with open(os.path.join(repo, "draft.md"), "w") as f:  # New prose: still clean.
+    f.write("b\n")
+  assert study.current_commit(repo) == head
+  with open(os.path.join(repo, "new_module.py"), "w") as f:  # New code that may be imported.
+    f.write("y = 1\n")
+  assert study.current_commit(repo) == f"{head}-dirty"
+  os.remove(os.path.join(repo, "new_module.py"))
   with open(os.path.join(repo, "lib.py"), "a") as f:
     f.write("x = 2\n")
   assert study.current_commit(repo) == f"{head}-dirty"
+  with open(os.path.join(repo, ".git", "index"), "w") as f:  # git cannot compare: say so.
+    f.write("damaged")
+  assert study.current_commit(repo) == f"{head}-unchecked"
   os.makedirs(tmp_path / "plain")
   assert study.current_commit(str(tmp_path / "plain")) == "unknown"
 
