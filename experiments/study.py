@@ -348,14 +348,14 @@ def _archived_name(name: str) -> bool:
 def archive_gaps(root, archive, point, commands) -> list[str]:
   """The archivable files that ``point``'s ``commands`` write and its archive lacks
   (relative to the point's directory): evaluations the grid gained after the point was
-  archived (issue #17's decoding comparison, widened to TaiLr and MixCE)."""
+  archived (issue #17's decoding comparison, widened to TaiLr and MixCE). A file counts as
+  archived once ``point.json`` lists it, which is written last: an addition cut short is
+  made again."""
+  with open(os.path.join(run_dir(archive, *point), ARCHIVED)) as f:
+    archived = set(json.load(f)["files"])
   workdir = run_dir(root, *point)
   names = (os.path.relpath(done, workdir) for _, done in commands)
-  return [
-    name
-    for name in names
-    if _archived_name(name) and not os.path.exists(os.path.join(run_dir(archive, *point), name))
-  ]
+  return [name for name in names if _archived_name(name) and name not in archived]
 
 
 def archive_point(root, archive, corpus, objective, seed, commit=None, only=None):

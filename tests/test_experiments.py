@@ -704,6 +704,11 @@ def test_an_archived_point_gains_the_evaluations_the_grid_added(tmp_path, capsys
     ([sys.executable, "-c", write, os.path.join(workdir, new)], os.path.join(workdir, new)),
   ]
   assert study.archive_gaps(str(root), str(archive), point, commands) == [new]
+  # An addition cut short after copying its file, before point.json lists it: still a gap.
+  os.makedirs(os.path.dirname(os.path.join(archived, new)))
+  with open(os.path.join(archived, new), "w") as f:
+    f.write("{}")
+  assert study.archive_gaps(str(root), str(archive), point, commands) == [new]
   monkeypatch.setattr(study, "current_commit", lambda: "decoded")
   study.run_point(str(root), str(archive), point, commands)
   assert f"added to {archived}: {new}" in capsys.readouterr().out
