@@ -104,6 +104,13 @@ def verdict(values, baseline, higher_is_better, alpha=0.05):
   return "win" if better == higher_is_better else "loss"
 
 
+def seeds_better(values, baseline, higher_is_better) -> int:
+  """How many seed pairs favour ``values`` over ``baseline`` (an equal pair favours neither):
+  the test's three pairs hide whether a mean difference holds on every seed."""
+  differences = np.asarray(values, np.float64) - np.asarray(baseline, np.float64)
+  return int(np.sum(differences > 0 if higher_is_better else differences < 0))
+
+
 def format_p_value(p_value: float) -> str:
   # Three decimals, but never "p=0.000": a test gives no zero p-values.
   return "p<0.001" if p_value < 0.0005 else f"p={p_value:.3f}"
@@ -165,7 +172,8 @@ def markdown_report(table, baseline="mle") -> str:
           if len(common) < 2:  # One pair is no test: no verdict either way.
             cell += f" ({len(common)} pair{'s' * (len(common) != 1)}, untested)"
           elif p_value is not None:
-            cell += f" ({outcome}, {format_p_value(p_value)})"
+            better = seeds_better(pick(values), pick(reference), higher)
+            cell += f" ({outcome}, {format_p_value(p_value)}, better on {better}/{len(common)})"
           else:
             cell += f" ({outcome})"
         cells.append(cell)
@@ -249,10 +257,13 @@ def decoding_report(root, corpus, baseline="mle", seeds=SEEDS) -> str:
       theirs = [reference_best["MAUVE"][reference_best["seeds"].index(s)] for s in common]
       p_value = paired_p_value(mine, theirs)
       outcome = verdict(mine, theirs, higher_is_better=True)
+      better = seeds_better(mine, theirs, higher_is_better=True)
       lines.append(
         f"Each at its own best temperature, {objective} vs {baseline} MAUVE: "
         f"{np.mean(mine):.3f} vs {np.mean(theirs):.3f} over {len(common)} paired seeds — "
-        f"{outcome}" + (f" ({format_p_value(p_value)})" if p_value is not None else "") + "."
+        f"{outcome}"
+        + (f" ({format_p_value(p_value)})" if p_value is not None else "")
+        + f", higher on {better} of {len(common)}."
       )
     lines.append("")
   return "\n".join(lines)

@@ -197,6 +197,9 @@ def test_study_report_pairs_seeds_and_calls_wins_ties_losses(tmp_path):
   )
   assert study_report.format_p_value(0.0421) == "p=0.042"
   assert "(tie" in tailr_row.split("|")[4]
+  # MAUVE +0.05, -0.05 and +0 by seed: better on one seed, the equal one favours neither.
+  assert tailr_row.split("|")[4].endswith(", better on 1/3) ")
+  assert emo_row.split("|")[3].endswith(", better on 0/3) ")  # Perplexity up on every seed.
   assert study_report.paired_p_value([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == 0.0  # Constant shift.
   assert study_report.paired_p_value([1.0, 2.0], [1.0, 2.0]) is None  # No difference at all.
 
@@ -228,7 +231,7 @@ def test_study_v2_report_has_the_base_row_without_a_verdict(tmp_path, capsys):
   base_row = next(line for line in report.splitlines() if line.startswith("| base |"))
   assert base_row.startswith("| base | 1 | 33.00 ± 0.00 |") and "(" not in base_row
   emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
-  assert "(win, p<0.001)" in emo_row.split("|")[4]  # Paired with MLE: MAUVE +0.2 per seed.
+  assert "(win, p<0.001, better on 2/2)" in emo_row.split("|")[4]  # MAUVE +0.2 per seed.
 
 
 def test_study_passes_overrides_after_double_dash(capsys):
@@ -769,7 +772,9 @@ def test_rep2_verdict_is_the_distance_to_the_human_rate(tmp_path):
   assert "Human continuations' rep-2: 0.0400." in report
   assert "rep-2 (nearer the human rate wins)" in report
   rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if "|" in line}
-  assert "0.0400 ± 0.0008 (win, p=0.002)" in rows["emo"]  # Higher than MLE, yet nearer.
+  assert (
+    "0.0400 ± 0.0008 (win, p=0.002, better on 3/3)" in rows["emo"]
+  )  # Higher than MLE, yet nearer.
   assert "0.0710 ± 0.0008 (loss, p=" in rows["tailr"]
   one_seed = study_report.markdown_report(
     study_report.collect(root, [corpus], list(rates), seeds=[0])
@@ -820,7 +825,10 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
   assert study_report.best_temperature(decoding_table["emo"]) == 1.0
   report = study_report.decoding_report(root, corpus)
   assert "| mle | 3 | 0.310 ± 0.008 / 0.065 |" in report
-  assert "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win (p<0.001)" in report
+  assert (
+    "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win (p<0.001), higher on 3 of 3."
+    in report
+  )
   fewshot = study_report.fewshot_report(root)
   assert "| emo | 2 | 4 | 0.750 [0.100, 0.900] | +1 / -0 (p=1.000) |" in fewshot
   assert "| mle | 0 | 4 | 0.500 [0.100, 0.900] | — |" in fewshot
