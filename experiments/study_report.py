@@ -9,6 +9,7 @@ alike; ``python experiments/study.py report`` is its command line.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import glob
 import itertools
 import json
@@ -130,6 +131,42 @@ def _header(metric):
   return f"{metric} (nearer the human rate wins)"
 
 
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """One objective against the baseline on one metric, paired by seed."""
+
+  pairs: int
+  outcome: str  # "win" / "tie" / "loss" (see :func:`verdict`).
+  p_value: float | None  # None: fewer than two pairs, or no difference at all.
+  better: int  # Pairs that favour the objective (:func:`seeds_better`).
+
+  def describe(self) -> str:
+    """``win, p=0.012, better on 3/3``, or why there is no test."""
+    if self.pairs < 2:  # One pair is no test: no verdict either way.
+      return f"{self.pairs} pair{'s' * (self.pairs != 1)}, untested"
+    if self.p_value is None:
+      return self.outcome
+    return f"{self.outcome}, {format_p_value(self.p_value)}, better on {self.better}/{self.pairs}"
+
+
+def compare(run, reference, metric) -> Comparison | None:
+  """``run`` against ``reference`` (two objectives' :func:`collect` entries) on ``metric``
+  over the seeds both finished; None where either lacks the metric (or its human rate)."""
+  judged, judged_reference = _judged(run, metric), _judged(reference, metric)
+  if np.isnan(judged).any() or np.isnan(judged_reference).any():
+    return None
+  common = [s for s in run["seeds"] if s in reference["seeds"]]
+  mine = [judged[run["seeds"].index(s)] for s in common]
+  theirs = [judged_reference[reference["seeds"].index(s)] for s in common]
+  higher = METRICS[metric][1]  # For rep-2 the judged value is a distance: lower wins.
+  return Comparison(
+    len(common),
+    verdict(mine, theirs, higher),
+    paired_p_value(mine, theirs),
+    seeds_better(mine, theirs, higher),
+  )
+
+
 def markdown_report(table, baseline="mle") -> str:
   lines = []
   for corpus, objectives in table.items():
@@ -149,7 +186,7 @@ def markdown_report(table, baseline="mle") -> str:
     reference = objectives.get(baseline)
     for objective, values in objectives.items():
       cells = []
-      for metric, (_, higher) in METRICS.items():
+      for metric in METRICS:
         if np.isnan(values[metric]).any():
           cells.append("–")
           continue
@@ -158,28 +195,47 @@ def markdown_report(table, baseline="mle") -> str:
         # Shakespeare's rep-2 is 0.0002-0.002), where three decimals would read 0.000.
         digits = 2 if metric == "perplexity" else 4
         cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
-        comparable = reference is not None and not (
-          np.isnan(_judged(reference, metric)).any() or np.isnan(_judged(values, metric)).any()
-        )
-        if comparable and objective not in (baseline, BASE):
-          # Pair runs by seed: only seeds both objectives finished.
-          common = [s for s in values["seeds"] if s in reference["seeds"]]
-          pick = lambda run, metric=metric, common=common: [
-            _judged(run, metric)[run["seeds"].index(s)] for s in common
-          ]
-          p_value = paired_p_value(pick(values), pick(reference))
-          outcome = verdict(pick(values), pick(reference), higher)
-          if len(common) < 2:  # One pair is no test: no verdict either way.
-            cell += f" ({len(common)} pair{'s' * (len(common) != 1)}, untested)"
-          elif p_value is not None:
-            better = seeds_better(pick(values), pick(reference), higher)
-            cell += f" ({outcome}, {format_p_value(p_value)}, better on {better}/{len(common)})"
-          else:
-            cell += f" ({outcome})"
+        if reference is not None and objective not in (baseline, BASE):
+          comparison = compare(values, reference, metric)
+          if comparison is not None:
+            cell += f" ({comparison.describe()})"
         cells.append(cell)
       lines.append(f"| {objective} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("")
   return "\n".join(lines)
+
+
+def glance_report(table, baseline="mle") -> str:
+  """Markdown: every objective against the baseline, metric by corpus, in one table (the
+  outcome and on how many seeds the objective was better; details in the corpus tables)."""
+  corpora = [corpus for corpus, objectives in table.items() if baseline in objectives]
+  objectives = [
+    objective
+    for objective in dict.fromkeys(o for corpus in corpora for o in table[corpus])
+    if objective not in (baseline, BASE)
+  ]
+  if not objectives:
+    return ""
+  lines = [
+    f"At a glance, each objective against {baseline} (paired over seeds; better on k of n seeds):",
+    "",
+    "| objective | metric | " + " | ".join(corpora) + " |",
+    "|---|---|" + "---|" * len(corpora),
+  ]
+  for objective in objectives:
+    for metric in METRICS:
+      cells = []
+      for corpus in corpora:
+        run = table[corpus].get(objective)
+        comparison = run and compare(run, table[corpus][baseline], metric)
+        if not comparison:
+          cells.append("–")
+        elif comparison.pairs < 2 or comparison.p_value is None:
+          cells.append(comparison.describe())
+        else:
+          cells.append(f"{comparison.outcome} ({comparison.better}/{comparison.pairs})")
+      lines.append(f"| {objective} | {metric} | " + " | ".join(cells) + " |")
+  return "\n".join([*lines, ""])
 
 
 def read_json(path):
@@ -615,6 +671,7 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
   if commits:
     listed = ", ".join(f"`{commit[:10]}` ({n})" for commit, n in commits.items())
     parts.append(f"Code of the archived points (commit: points; `{ARCHIVED}`): {listed}.\n")
+  parts.append(glance_report(table))
   link = lambda path: os.path.relpath(path, relative_to) if relative_to else path
   for corpus, objectives in table.items():  # Each corpus's table, figure, decoding runs.
     parts.append(markdown_report({corpus: objectives}))

@@ -230,8 +230,10 @@ def test_study_v2_report_has_the_base_row_without_a_verdict(tmp_path, capsys):
   assert "Evaluated grid points: **4 of 4**" in report  # The base row is not a grid point.
   base_row = next(line for line in report.splitlines() if line.startswith("| base |"))
   assert base_row.startswith("| base | 1 | 33.00 ± 0.00 |") and "(" not in base_row
-  emo_row = next(line for line in report.splitlines() if line.startswith("| emo |"))
+  emo_row = next(line for line in report.splitlines() if line.startswith("| emo | 2 |"))
   assert "(win, p<0.001, better on 2/2)" in emo_row.split("|")[4]  # MAUVE +0.2 per seed.
+  # At a glance: the same verdicts, one row per metric.
+  assert "| emo | MAUVE | win (2/2) |" in report and "| emo | perplexity | loss (0/2) |" in report
 
 
 def test_study_passes_overrides_after_double_dash(capsys):
@@ -756,6 +758,40 @@ def _eval_record(mauve, rep2, perplexity=19.0, demd=0.5):
     "rouge": {"rougeL": 0.1},
     "repetition": {"rep-2": {"model": rep2, "human": 0.04}},
   }
+
+
+def test_glance_table_lists_each_objective_metric_by_corpus(tmp_path):
+  root = str(tmp_path)
+  # WikiText: TaiLr on three seeds, MixCE on one; AG News: TaiLr only, no MixCE at all.
+  runs = {
+    ("wikitext2_raw_carved", "mle"): (0, 1, 2),
+    ("wikitext2_raw_carved", "tailr"): (0, 1, 2),
+    ("wikitext2_raw_carved", "mixce"): (0,),
+    ("ag_news", "mle"): (0, 1, 2),
+    ("ag_news", "tailr"): (0, 1, 2),
+  }
+  for (corpus, objective), seeds in runs.items():
+    for seed in seeds:
+      worse = objective != "mle"  # Higher perplexity on every seed; MAUVE up on two of three.
+      record = _eval_record(0.4 + 0.01 * seed + 0.01 * (worse and seed != 1), 0.03)
+      record["perplexity"] = 19.0 + seed + (0.5 + 0.1 * seed if worse else 0.0)
+      _write_json(
+        os.path.join(study_grid.run_dir(root, corpus, objective, seed), "eval.json"), record
+      )
+  table = study_report.collect(
+    root, ["wikitext2_raw_carved", "ag_news"], ["base", "mle", "tailr", "mixce"]
+  )
+  rows = {
+    tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[3:5]
+    for line in study_report.glance_report(table).splitlines()
+    if line.startswith(("| tailr", "| mixce"))
+  }
+  assert [cell.strip() for cell in rows[("tailr", "perplexity")]] == ["loss (0/3)"] * 2
+  assert rows[("tailr", "MAUVE")][0].strip() == "tie (2/3)"  # +0.01, +0, +0.01: p = 0.18.
+  assert rows[("tailr", "mean DEMD")][0].strip() == "tie"  # Equal on every seed: no test.
+  assert [cell.strip() for cell in rows[("mixce", "perplexity")]] == ["1 pair, untested", "–"]
+  assert "| wikitext2_raw_carved | ag_news |" in study_report.glance_report(table)
+  assert study_report.glance_report({"ag_news": {"mle": table["ag_news"]["mle"]}}) == ""
 
 
 def test_rep2_verdict_is_the_distance_to_the_human_rate(tmp_path):
