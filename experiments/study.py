@@ -358,10 +358,12 @@ def archive_gaps(root, archive, point, commands) -> list[str]:
   return [name for name in names if _archived_name(name) and name not in archived]
 
 
-def archive_point(root, archive, corpus, objective, seed, commit=None, only=None):
+def archive_point(root, archive, corpus, objective, seed, commit, only=None):
   """Copies a finished point's small files from ``root`` into ``archive`` (same layout), with
   its ``timings.jsonl`` records (markers made relative to the root), so that the report can
-  be rebuilt from the repository after the workdirs are gone. Returns the archived files.
+  be rebuilt from the repository after the workdirs are gone, stamped with ``commit`` (the
+  code that made the files: :func:`current_commit` when the point started). Returns the
+  archived files.
 
   ``only``: add just these files (relative to the point's directory) to a point archived
   before, with their timings; its archived files stay as they are and ``point.json`` lists
@@ -405,7 +407,6 @@ def archive_point(root, archive, corpus, objective, seed, commit=None, only=None
     f.writelines(json.dumps(record) + "\n" for record in records)
   from emo_jax import checkpointing  # Here, not at the top: see _heartbeat.
 
-  commit = commit or current_commit()
   if only is None:
     summary = {"commit": commit, "files": [*names, "timings.jsonl"]}
   else:

@@ -623,7 +623,7 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
   assert archived_points == [("wikitext2_raw_carved", "base", 0)] and len(ran) == 1
   monkeypatch.undo()
   with pytest.raises(FileNotFoundError, match="no eval.json"):
-    study.archive_point(str(root), str(archive), "ag_news", "mle", 0)
+    study.archive_point(str(root), str(archive), "ag_news", "mle", 0, "abc")
 
 
 def test_current_commit_marks_uncommitted_or_new_code_but_not_prose_or_study_outputs(tmp_path):
@@ -741,7 +741,7 @@ def test_an_archived_point_gains_the_evaluations_the_grid_added(tmp_path, capsys
   assert "would first have to remake results.json: skipped" in capsys.readouterr().out
   assert not os.path.exists(os.path.join(workdir, later))
   with pytest.raises(FileNotFoundError, match="not in"):
-    study.archive_point(str(root), str(archive), *point, only=[later])
+    study.archive_point(str(root), str(archive), *point, "decoded", only=[later])
 
 
 def _write_json(path, record):
