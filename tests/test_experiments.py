@@ -967,6 +967,105 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   assert "400000" not in summary["mle"]  # Unfinished points are absent, not zero.
 
 
+@pytest.mark.parametrize("optimum", [0.93, 1.0, 1.17, 1.62])
+def test_optimal_temperature_is_the_vertex_in_inverse_temperature(optimum):
+  import calibration
+
+  grid = calibration.TEMPERATURES
+  # A parabola in beta = 1/T is fitted exactly; past the grid's end, the end is the answer.
+  nll = [3.0 * (1 / t - 1 / optimum) ** 2 + 7.0 for t in grid]
+  expected = optimum if grid[0] <= optimum <= grid[-1] else grid[-1]
+  assert calibration.optimal_temperature(grid, nll) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_calibration_measures_every_point_once_and_reports_paired_verdicts(
+  tmp_path, data_dir, capsys, monkeypatch
+):
+  del data_dir  # read_split finds the corpora through EMO_JAX_DATA, which it checks.
+  import calibration
+  import torch
+  import transformers
+
+  def tiny_llama(path, seed):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+      vocab_size=50257,  # The packaged GPT-2 BPE stands in for a tokenizer the directory lacks.
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      num_key_value_heads=1,
+      tie_word_embeddings=True,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+    return str(path)
+
+  workdirs, out, corpus = tmp_path / "workdirs", str(tmp_path / "calibration.json"), "ag_news"
+  base = tiny_llama(tmp_path / "base", 0)
+  for index, (objective, seed) in enumerate([("mle", 0), ("mle", 1), ("emo", 0), ("emo", 1)]):
+    tiny_llama(
+      os.path.join(study_grid.run_dir(str(workdirs), corpus, objective, seed), "hf_export"),
+      index + 1,
+    )
+  grid = [
+    "--out",
+    out,
+    "--corpora",
+    corpus,
+    "--objectives",
+    "mle",
+    "emo",
+    "tailr",
+    "--seeds",
+    "0",
+    "1",
+  ]
+  # The study's archive has MLE seed 0's test perplexity (made up here): the run records it.
+  archive = str(tmp_path / "archive")
+  _write_json(
+    os.path.join(study_grid.run_dir(archive, corpus, "mle", 0), "eval.json"), {"perplexity": 2.0}
+  )
+  calibration.main(
+    ["run", "--workdirs", str(workdirs), "--base", base, "--smoke", "--archive", archive, *grid]
+  )
+  printed = capsys.readouterr().out
+  assert f"no export {study_grid.run_dir(str(workdirs), corpus, 'tailr', 0)}/hf_export" in printed
+  assert "measured already" not in printed
+  results = json.load(open(out))
+  assert sorted(results) == [
+    f"{corpus}/{name}"
+    for name in ["base/seed0", "emo/seed0", "emo/seed1", "mle/seed0", "mle/seed1"]
+  ]
+  temperatures = calibration.TEMPERATURES
+  for record in results.values():
+    fit = np.asarray(record["fit"]["ce_sum"])
+    assert len(fit) == len(temperatures) and record["fit"]["count"] == 8 * 16  # Smoke sizes.
+    assert record["blocks"] == 8
+    # T* lies within a grid step of the grid's best temperature (refined between them).
+    best = temperatures[int(np.argmin(fit))]
+    assert abs(1 / record["T*"] - 1 / best) <= 1 / 0.8 - 1 / 0.85 + 1e-9
+    # A random model's predictions are near-uniform over 50257 tokens: entropy ~ log V.
+    assert 0.9 * np.log(50257) < record["entropy"] <= np.log(50257)
+  assert [key for key, record in results.items() if record["study perplexity"]] == [
+    f"{corpus}/mle/seed0"
+  ]
+  assert results[f"{corpus}/mle/seed0"]["study perplexity"] == 2.0
+  # Measured points are not measured again.
+  monkeypatch.setattr(calibration, "measure", lambda *args: pytest.fail("measured twice"))
+  calibration.main(["run", "--workdirs", str(workdirs), "--base", base, "--smoke", *grid])
+  assert "measured already: ag_news/emo/seed1" in capsys.readouterr().out
+  # The report pairs EMO's seeds with MLE's; the base has a row without a verdict.
+  calibration.main(["report", *grid])
+  text = capsys.readouterr().out
+  rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+  assert rows["base"].count("(") == 0 and rows["mle"].count("(") == 0
+  assert rows["emo"].count("better on") == 2 and "| 2 |" in rows["emo"]  # The two perplexities.
+  assert "tailr" not in rows
+  off = results[f"{corpus}/mle/seed0"]["perplexity"] / 2.0 - 1
+  assert f"from the study's (`eval.json`) by at most {100 * abs(off):.2g} % over 1 points." in text
+
+
 def test_cost_geometry_terms_match_direct_computations():
   """The diagnosis behind the AG News / Tiny Shakespeare collapse: its closed-form uniform
   DEMD must be DEMD of equal logits, and its CE/DEMD the losses module's on the model."""

@@ -1,5 +1,6 @@
 """Metrics on cases whose answers are known by hand or by an independent implementation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +58,43 @@ def test_eval_step_mean_demd_matches_numpy(tiny, cost_width):
   plain = token_metrics.eval_step(params, batch, model=model)
   assert "demd_sum" not in plain
   assert float(plain["ce_sum"]) == pytest.approx(float(out["ce_sum"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("head_scale", [1.0, 8.0])  # Near-uniform, then peaked predictions.
+def test_calibration_step_matches_numpy(tiny, head_scale):
+  model, params = tiny
+  params = nn.meta.unbox(params)
+  params = {**params, "wte": {"embedding": params["wte"]["embedding"] * head_scale}}
+  rng = np.random.default_rng(2)
+  inputs = rng.integers(0, 41, (2, 9)).astype(np.int32)
+  logits = np.asarray(model.apply({"params": params}, inputs), np.float64)  # [2, 9, 41]
+  # Half the targets are the model's top token, so accuracy lies strictly inside (0, 1).
+  targets = np.where(rng.random((2, 9)) < 0.5, logits.argmax(-1), rng.integers(0, 41, (2, 9)))
+  weights = np.ones((2, 9), np.float32)
+  weights[1, 6:] = 0
+  temperatures = np.array([0.5, 1.0, 1.7])
+  batch = {"inputs": inputs, "targets": targets.astype(np.int32), "weights": weights}
+  out = token_metrics.calibration_step(params, batch, model=model, temperatures=temperatures)
+
+  def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+  target_of = lambda values: np.take_along_axis(values, targets[..., None], -1)[..., 0]
+  ce = [-(target_of(log_softmax(logits / t)) * weights).sum() for t in temperatures]
+  log_p = log_softmax(logits)
+  expected = {
+    "ce_sum": np.array(ce),
+    "entropy_sum": (-(np.exp(log_p) * log_p).sum(-1) * weights).sum(),
+    "confidence_sum": (np.exp(log_p).max(-1) * weights).sum(),
+    "correct_sum": ((logits.argmax(-1) == targets) * weights).sum(),
+    "count": weights.sum(),
+  }
+  assert 0 < expected["correct_sum"] < expected["count"]
+  for name, value in expected.items():
+    np.testing.assert_allclose(np.asarray(out[name]), value, rtol=2e-5, err_msg=name)
+  plain = token_metrics.eval_step(params, batch, model=model)  # T = 1: the perplexity's CE.
+  assert float(out["ce_sum"][1]) == pytest.approx(float(plain["ce_sum"]), rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,41 @@ def eval_step(params, batch, *, model, cost_embeddings=None) -> dict[str, jax.Ar
   return sums
 
 
+def calibration_step(params, batch, *, model, temperatures) -> dict[str, jax.Array]:
+  """Sums over one ``{inputs, targets, weights}`` batch that temperature scaling and
+  over-confidence are read from, with ``p = softmax(z)`` the model's next-token distribution:
+
+  * ``ce_sum`` ``[K]``: ``Σ w · CE(softmax(z / T_k), t)`` for each of ``temperatures`` ``[K]``
+    (the NLL-optimal temperature is their argmin; ``T = 1`` gives :func:`eval_step`'s sum),
+  * ``entropy_sum``: ``Σ w · H(p)`` in nats,
+  * ``confidence_sum``: ``Σ w · max_v p_v``; ``correct_sum``: ``Σ w · [argmax_v p_v = t]``
+    (mean confidence minus accuracy is the top-1 over-confidence),
+  * ``count``: ``Σ w``.
+
+  Float32 throughout (the logits are float32 whatever the activations' dtype).
+  """
+  logits = model.apply(
+    {"params": params}, batch["inputs"], batch.get("attention_mask"), batch.get("positions")
+  ).astype(jnp.float32)  # [B, L, V]
+  weights = batch["weights"].astype(jnp.float32)  # [B, L]
+  target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+
+  def ce_sum(temperature):  # One [B, L, V] at a time: lax.map runs the temperatures in turn.
+    ce = jax.nn.logsumexp(logits / temperature, axis=-1) - target_logit / temperature  # [B, L]
+    return jnp.sum(ce * weights)
+
+  log_p = jax.nn.log_softmax(logits, axis=-1)  # [B, L, V]
+  entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)  # [B, L]
+  correct = jnp.argmax(logits, axis=-1) == batch["targets"]  # [B, L]
+  return {
+    "ce_sum": jax.lax.map(ce_sum, jnp.asarray(temperatures, jnp.float32)),
+    "entropy_sum": jnp.sum(entropy * weights),
+    "confidence_sum": jnp.sum(jnp.exp(jnp.max(log_p, axis=-1)) * weights),
+    "correct_sum": jnp.sum(correct * weights),
+    "count": jnp.sum(weights),
+  }
+
+
 def perplexity_from_sums(ce_sum: float, count: float) -> float:
   """``exp(Σ CE / Σ weight)``: token-weighted, padding (weight 0) excluded."""
   if count <= 0:
@@ -42,8 +77,8 @@ def perplexity_from_sums(ce_sum: float, count: float) -> float:
 
 
 def token_sums(eval_fn, params, blocks: input_pipeline.Rows, global_batch_size: int, mesh) -> dict:
-  """:func:`eval_step`'s sums over ``[n, L + 1]`` blocks (or instruction rows); ``eval_fn(params,
-  batch)`` is (a jit of) it.
+  """:func:`eval_step`'s (or :func:`calibration_step`'s) sums over ``[n, L + 1]`` blocks (or
+  instruction rows); ``eval_fn(params, batch)`` is (a jit of) it.
 
   Every block is seen once, the last batch padded with weight-0 rows; each process feeds its
   rows of every global batch (multi-process safe).
@@ -54,7 +89,8 @@ def token_sums(eval_fn, params, blocks: input_pipeline.Rows, global_batch_size: 
   ):
     out = eval_fn(params, sharding.global_batch(mesh, batch))
     for name, value in out.items():
-      totals[name] = totals.get(name, 0.0) + float(value)
+      value = np.asarray(value, np.float64)  # A scalar sum, or one per temperature.
+      totals[name] = totals.get(name, 0.0) + (float(value) if value.ndim == 0 else value)
   return totals
 
 
