@@ -7,8 +7,9 @@ for the tokens it is confident against, and a single temperature can undo that p
 point this measures the NLL-optimal temperature T* (one scalar, minimised over a grid on the
 validation blocks and refined between its points), the test perplexity at T = 1 and at T* (how much of a perplexity gap
 temperature scaling removes), the mean predictive entropy and the top-1 over-confidence
-(mean max probability minus top-1 accuracy), on the blocks the study's evaluation reads
-(``configs/smollm2_study.py``: the first 64 blocks of 256 tokens of each split).
+(mean max probability minus top-1 accuracy), on the blocks the study reads
+(``configs/smollm2_study.py``: T* on the 32 validation blocks of 256 tokens that training
+chose its checkpoint on, the rest on the first 64 test blocks).
 
     EMO_JAX_DATA=../shared/data python experiments/calibration.py run    # resumable
     python experiments/calibration.py report --update experiments/RESULTS.md
@@ -87,8 +88,8 @@ def optimal_temperature(temperatures, ce_sums) -> float:
   return float(1.0 / np.clip(beta, b.min(), b.max()))
 
 
-def split_blocks(config, tokenizer, split, max_length):
-  """The first ``eval.max_blocks`` packed blocks of a split, as the study's evaluation reads."""
+def split_blocks(config, tokenizer, split, max_length, max_blocks):
+  """The first ``max_blocks`` (0: all) packed blocks of a split, packed as in training."""
   from emo_jax import data as data_lib
   from emo_jax.data import input_pipeline
 
@@ -98,7 +99,7 @@ def split_blocks(config, tokenizer, split, max_length):
     min(config.data.block_size, max_length),
     name=f"{config.data.corpus}/{split}",
   )
-  return blocks[: config.eval.max_blocks] if config.eval.max_blocks else blocks  # 0: all.
+  return blocks[:max_blocks] if max_blocks else blocks
 
 
 def measure(config, source, batch_size) -> dict:
@@ -116,19 +117,21 @@ def measure(config, source, batch_size) -> dict:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   step = jax.jit(functools.partial(token_metrics.calibration_step, model=model))
 
-  def sums(split, temperatures):
+  def sums(split, max_blocks, temperatures):
     temperatures = np.asarray(temperatures, np.float32)  # An argument: one compilation.
     return token_metrics.token_sums(
       lambda params, batch: step(params, batch, temperatures=temperatures),
       params,
-      split_blocks(config, tokenizer, split, model.max_length),
+      split_blocks(config, tokenizer, split, model.max_length, max_blocks),
       batch_size,
       mesh,
     )
 
-  fit = sums(FIT_SPLIT, TEMPERATURES)
+  # T* on the validation blocks training chose its checkpoint on; the test blocks are the
+  # study evaluation's.
+  fit = sums(FIT_SPLIT, config.data.max_eval_blocks, TEMPERATURES)
   best = optimal_temperature(TEMPERATURES, fit["ce_sum"])
-  test = sums(TEST_SPLIT, (1.0, best))
+  test = sums(TEST_SPLIT, config.eval.max_blocks, (1.0, best))
   return {
     "T*": best,
     "perplexity": float(np.exp(test["ce_sum"][0] / test["count"])),
@@ -141,7 +144,7 @@ def measure(config, source, batch_size) -> dict:
       "ce_sum": fit["ce_sum"].tolist(),
       "count": fit["count"],
     },
-    "blocks": config.eval.max_blocks,
+    "blocks": {"fit": config.data.max_eval_blocks, "test": config.eval.max_blocks},
     "source": source,
     "seconds": time.time() - start,
     "commit": study.current_commit(),

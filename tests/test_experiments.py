@@ -1041,7 +1041,7 @@ def test_calibration_measures_every_point_once_and_reports_paired_verdicts(
   for record in results.values():
     fit = np.asarray(record["fit"]["ce_sum"])
     assert len(fit) == len(temperatures) and record["fit"]["count"] == 8 * 16  # Smoke sizes.
-    assert record["blocks"] == 8
+    assert record["blocks"] == {"fit": 8, "test": 8}
     # T* lies within a grid step of the grid's best temperature (refined between them).
     best = temperatures[int(np.argmin(fit))]
     assert abs(1 / record["T*"] - 1 / best) <= 1 / 0.8 - 1 / 0.85 + 1e-9
