@@ -139,6 +139,9 @@ class Comparison:
   outcome: str  # "win" / "tie" / "loss" (see :func:`verdict`).
   p_value: float | None  # None: fewer than two pairs, or no difference at all.
   better: int  # Pairs that favour the objective (:func:`seeds_better`).
+  # Means over the paired seeds of the judged values (rep-2's: the distance to people's).
+  mean: float
+  baseline_mean: float
 
   def describe(self) -> str:
     """``win, p=0.012, better on 3/3``, or why there is no test."""
@@ -164,6 +167,8 @@ def compare(run, reference, metric) -> Comparison | None:
     verdict(mine, theirs, higher),
     paired_p_value(mine, theirs),
     seeds_better(mine, theirs, higher),
+    float(np.mean(mine)) if common else float("nan"),
+    float(np.mean(theirs)) if common else float("nan"),
   )
 
 
@@ -205,9 +210,12 @@ def markdown_report(table, baseline="mle") -> str:
   return "\n".join(lines)
 
 
-def glance_report(table, baseline="mle") -> str:
+def glance_report(table, decoding=None, baseline="mle") -> str:
   """Markdown: every objective against the baseline, metric by corpus, in one table (the
-  outcome and on how many seeds the objective was better; details in the corpus tables)."""
+  outcome and on how many seeds the objective was better; details in the corpus tables),
+  with a row for MAUVE at each objective's own best temperature where ``decoding``
+  (``{corpus: decoding_table(...)}``) has the corpus."""
+  decoding = decoding or {}
   corpora = [corpus for corpus, objectives in table.items() if baseline in objectives]
   objectives = [
     objective
@@ -216,25 +224,33 @@ def glance_report(table, baseline="mle") -> str:
   ]
   if not objectives:
     return ""
+
+  def cell(comparison):
+    if not comparison:
+      return "–"
+    if comparison.pairs < 2 or comparison.p_value is None:
+      return comparison.describe()
+    return f"{comparison.outcome} ({comparison.better}/{comparison.pairs})"
+
   lines = [
     f"At a glance, each objective against {baseline} (paired over seeds; better on k of n seeds):",
     "",
     "| objective | metric | " + " | ".join(corpora) + " |",
     "|---|---|" + "---|" * len(corpora),
   ]
+  best = {
+    corpus: best_temperature_comparisons(decoding.get(corpus, {}), baseline) for corpus in corpora
+  }
   for objective in objectives:
     for metric in METRICS:
       cells = []
       for corpus in corpora:
         run = table[corpus].get(objective)
-        comparison = run and compare(run, table[corpus][baseline], metric)
-        if not comparison:
-          cells.append("–")
-        elif comparison.pairs < 2 or comparison.p_value is None:
-          cells.append(comparison.describe())
-        else:
-          cells.append(f"{comparison.outcome} ({comparison.better}/{comparison.pairs})")
+        cells.append(cell(run and compare(run, table[corpus][baseline], metric)))
       lines.append(f"| {objective} | {metric} | " + " | ".join(cells) + " |")
+    if any(objective in best[corpus] for corpus in corpora):
+      cells = [cell(best[corpus].get(objective)) for corpus in corpora]
+      lines.append(f"| {objective} | MAUVE, each at its best T | " + " | ".join(cells) + " |")
   return "\n".join([*lines, ""])
 
 
@@ -301,28 +317,35 @@ def decoding_report(root, corpus, baseline="mle", seeds=SEEDS) -> str:
     best = best_temperature(by_temperature)
     lines.append(f"| {objective} | {seeds_done} | " + " | ".join(cells) + f" | {best:g} |")
   lines.append("")
-  reference = table.get(baseline)
-  if reference:
-    reference_best = reference[best_temperature(reference)]
-    for objective, by_temperature in table.items():
-      if objective == baseline:
-        continue
-      best = by_temperature[best_temperature(by_temperature)]
-      common = [s for s in best["seeds"] if s in reference_best["seeds"]]
-      mine = [best["MAUVE"][best["seeds"].index(s)] for s in common]
-      theirs = [reference_best["MAUVE"][reference_best["seeds"].index(s)] for s in common]
-      p_value = paired_p_value(mine, theirs)
-      outcome = verdict(mine, theirs, higher_is_better=True)
-      better = seeds_better(mine, theirs, higher_is_better=True)
-      lines.append(
-        f"Each at its own best temperature, {objective} vs {baseline} MAUVE: "
-        f"{np.mean(mine):.3f} vs {np.mean(theirs):.3f} over {len(common)} paired seeds — "
-        f"{outcome}"
-        + (f" ({format_p_value(p_value)})" if p_value is not None else "")
-        + f", higher on {better} of {len(common)}."
-      )
-    lines.append("")
-  return "\n".join(lines)
+  comparisons = best_temperature_comparisons(table, baseline)
+  for objective, comparison in comparisons.items():
+    lines.append(
+      f"Each at its own best temperature, {objective} vs {baseline} MAUVE: "
+      f"{comparison.mean:.3f} vs {comparison.baseline_mean:.3f} over {comparison.pairs} "
+      f"paired seeds — {comparison.outcome}"
+      + (f" ({format_p_value(comparison.p_value)})" if comparison.p_value is not None else "")
+      + f", higher on {comparison.better} of {comparison.pairs}."
+    )
+  return "\n".join([*lines, ""] if comparisons else lines)
+
+
+def at_best_temperature(decoding) -> dict:
+  """``{objective: {"MAUVE": [...], "seeds": [...], ...}}``: each objective's
+  :func:`decoding_table` cell at its own best temperature."""
+  return {objective: runs[best_temperature(runs)] for objective, runs in decoding.items()}
+
+
+def best_temperature_comparisons(decoding, baseline="mle") -> dict[str, Comparison]:
+  """Each objective's MAUVE at its own best temperature against the baseline's at its own,
+  paired by seed (the decoding comparison's question)."""
+  best = at_best_temperature(decoding)
+  if baseline not in best:
+    return {}
+  return {
+    objective: compare(run, best[baseline], "MAUVE")
+    for objective, run in best.items()
+    if objective != baseline
+  }
 
 
 def fewshot_results(root, corpora=FEWSHOT.corpora, objectives=FEWSHOT.objectives, seeds=SEEDS):
@@ -671,7 +694,10 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
   if commits:
     listed = ", ".join(f"`{commit[:10]}` ({n})" for commit, n in commits.items())
     parts.append(f"Code of the archived points (commit: points; `{ARCHIVED}`): {listed}.\n")
-  parts.append(glance_report(table))
+  decoding = {
+    corpus: decoding_table(root, corpus) for corpus in table if corpus in DECODING.corpora
+  }
+  parts.append(glance_report(table, decoding))
   link = lambda path: os.path.relpath(path, relative_to) if relative_to else path
   for corpus, objectives in table.items():  # Each corpus's table, figure, decoding runs.
     parts.append(markdown_report({corpus: objectives}))

@@ -860,6 +860,9 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
   assert study_report.best_temperature(decoding_table["mle"]) == 0.85
   assert study_report.best_temperature(decoding_table["emo"]) == 1.0
   report = study_report.decoding_report(root, corpus)
+  table = study_report.collect(root, [corpus], ["mle", "emo"])
+  glance = study_report.glance_report(table, {corpus: decoding_table})
+  assert "| emo | MAUVE, each at its best T | win (3/3) |" in glance
   assert "| mle | 3 | 0.310 ± 0.008 / 0.065 |" in report
   assert (
     "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win (p<0.001), higher on 3 of 3."
