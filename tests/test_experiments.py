@@ -484,21 +484,7 @@ def test_study_v2_smoke_run_on_a_tiny_llama_covers_every_stage(tmp_path, data_di
   """``run --smoke --pretrained``: a tiny random LLaMA in SmolLM2's place, one WikiText point
   (fine-tune, evaluate, three temperatures, few-shot) and the base's row, archived, then the
   report rebuilt from the archive alone."""
-  import torch
-  import transformers
-
-  torch.manual_seed(0)
-  config = transformers.LlamaConfig(
-    vocab_size=50257,  # The packaged GPT-2 BPE stands in for a tokenizer the directory lacks.
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,  # Room for eight few-shot demonstrations.
-    tie_word_embeddings=True,
-  )
-  transformers.LlamaForCausalLM(config).save_pretrained(str(tmp_path / "tiny_llama"))
+  _save_tiny_llama(tmp_path / "tiny_llama")
   root, archive, corpus = tmp_path / "root", tmp_path / "archive", "wikitext2_raw_carved"
   grid = ["--setting", "smollm2", "--corpora", corpus, "--objectives", "emo", "--seeds", "0"]
   study.main(
@@ -526,6 +512,27 @@ def test_study_v2_smoke_run_on_a_tiny_llama_covers_every_stage(tmp_path, data_di
   assert "decoding temperature" in printed and "| emo | 0 | 4 |" in printed  # 4 queries.
   timings = study_report.read_timings(str(archive))
   assert {key[0] for key in timings} >= {"finetune", "eval", "fewshot", "decoding T0.70"}
+
+
+def _save_tiny_llama(path, seed=0) -> str:
+  """A random two-layer LLaMA saved as an HF directory without tokenizer files (the packaged
+  GPT-2 BPE stands in, hence its vocabulary); room for eight few-shot demonstrations."""
+  import torch
+  import transformers
+
+  torch.manual_seed(seed)
+  config = transformers.LlamaConfig(
+    vocab_size=50257,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+  )
+  transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+  return str(path)
 
 
 def _finished_point(root, corpus="wikitext2_raw_carved", objective="mle", seed=0):
@@ -987,27 +994,11 @@ def test_calibration_measures_every_point_once_and_reports_paired_verdicts(
 ):
   del data_dir  # read_split finds the corpora through EMO_JAX_DATA, which it checks.
   import calibration
-  import torch
-  import transformers
-
-  def tiny_llama(path, seed):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-      vocab_size=50257,  # The packaged GPT-2 BPE stands in for a tokenizer the directory lacks.
-      hidden_size=16,
-      intermediate_size=32,
-      num_hidden_layers=1,
-      num_attention_heads=2,
-      num_key_value_heads=1,
-      tie_word_embeddings=True,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(str(path))
-    return str(path)
 
   workdirs, out, corpus = tmp_path / "workdirs", str(tmp_path / "calibration.json"), "ag_news"
-  base = tiny_llama(tmp_path / "base", 0)
+  base = _save_tiny_llama(tmp_path / "base", 0)
   for index, (objective, seed) in enumerate([("mle", 0), ("mle", 1), ("emo", 0), ("emo", 1)]):
-    tiny_llama(
+    _save_tiny_llama(
       os.path.join(study_grid.run_dir(str(workdirs), corpus, objective, seed), "hf_export"),
       index + 1,
     )
