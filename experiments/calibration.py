@@ -17,8 +17,8 @@ chose its checkpoint on, the rest on the first 64 test blocks).
 Models: every point's exported best model under ``--workdirs`` (the study's workdirs: exports
 are not archived; a point whose export is gone is skipped, named) and the untouched base.
 Results: one record per point in ``--out``, rewritten atomically after each point, with the
-commit that measured it and the study's own test perplexity, which T = 1 must reproduce; a
-point already there is not measured again.
+commit that measured it and the study's own test perplexity, which the report compares with
+T = 1's (the largest difference is printed); a point already there is not measured again.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import study_report
-from study_grid import BASE, CORPORA, OBJECTIVES, REPO, SEEDS, run_dir
+from study_grid import BASE, CORPORA, OBJECTIVES, REPO, SEEDS, SETTINGS, run_dir
 
 import study
 
@@ -45,10 +45,10 @@ sys.path.insert(0, REPO)  # configs/ sits at the repository root.
 # temperature costs a pass of exp over every [tokens, V] logit, so the grid is coarse and
 # T* is refined between grid points (:func:`optimal_temperature`).
 TEMPERATURES = tuple(round(0.8 + 0.05 * i, 2) for i in range(13))
-DEFAULT_WORKDIRS = os.path.join(REPO, "workdirs", "study_smollm2")
+DEFAULT_WORKDIRS = os.path.join(REPO, "workdirs", SETTINGS["smollm2"].default_root)
 DEFAULT_OUT = os.path.join(REPO, "experiments", "results", "smollm2_calibration.json")
-STUDY_ARCHIVE = os.path.join(REPO, "experiments", "results", "smollm2")
-PRETRAINED = "smollm2-135m"
+STUDY_ARCHIVE = study.archive_dir("smollm2")
+PRETRAINED = SETTINGS["smollm2"].pretrained
 FIT_SPLIT, TEST_SPLIT = "validation", "test"  # T* is fitted on one, scored on the other.
 
 
@@ -102,10 +102,20 @@ def split_blocks(config, tokenizer, split, max_length, max_blocks):
   return blocks[:max_blocks] if max_blocks else blocks
 
 
-def measure(config, source, batch_size) -> dict:
-  """One point's record: T* from the validation grid, then the test blocks at T = 1 and T*."""
+@functools.cache
+def jitted_calibration_step():
+  """:func:`token_metrics.calibration_step` compiled once per model architecture and
+  temperature count for the whole run: every point's model is the same module (equal and
+  hashed by its config), so only its parameters change."""
   import jax
 
+  from emo_jax.evaluation import token_metrics
+
+  return jax.jit(token_metrics.calibration_step, static_argnames="model")
+
+
+def measure(config, source, batch_size) -> dict:
+  """One point's record: T* from the validation grid, then the test blocks at T = 1 and T*."""
   from emo_jax import models, sharding
   from emo_jax.data import tokenizer as tokenizer_lib
   from emo_jax.evaluation import token_metrics
@@ -115,12 +125,12 @@ def measure(config, source, batch_size) -> dict:
   tokenizer = tokenizer_lib.resolve_tokenizer(config.data.tokenizer, source)
   tokenizer.check_model_vocab(model.vocab_size)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  step = jax.jit(functools.partial(token_metrics.calibration_step, model=model))
+  step = jitted_calibration_step()
 
   def sums(split, max_blocks, temperatures):
-    temperatures = np.asarray(temperatures, np.float32)  # An argument: one compilation.
+    temperatures = np.asarray(temperatures, np.float32)  # Traced: any T* reuses the compile.
     return token_metrics.token_sums(
-      lambda params, batch: step(params, batch, temperatures=temperatures),
+      lambda params, batch: step(params, batch, model=model, temperatures=temperatures),
       params,
       split_blocks(config, tokenizer, split, model.max_length, max_blocks),
       batch_size,
@@ -159,7 +169,7 @@ def read_results(path) -> dict:
 
 
 def study_perplexity(archive, corpus, objective, seed) -> float | None:
-  """The point's test perplexity in the study's archive: T = 1 here must reproduce it."""
+  """The point's test perplexity in the study's archive, to compare with T = 1's here."""
   path = os.path.join(run_dir(archive, corpus, objective, seed), "eval.json")
   return study_report.read_json(path)["perplexity"] if os.path.exists(path) else None
 
@@ -253,17 +263,8 @@ def report(results, corpora, objectives, seeds, baseline="mle") -> str:
       for column, (digits, lower_is_better) in COLUMNS.items():
         cell = f"{np.mean(values[column]):.{digits}f} ± {np.std(values[column]):.{digits}f}"
         if lower_is_better is not None and reference and objective not in (baseline, BASE):
-          common = [s for s in values["seeds"] if s in reference["seeds"]]
-          mine = [values[column][values["seeds"].index(s)] for s in common]
-          theirs = [reference[column][reference["seeds"].index(s)] for s in common]
-          p_value = study_report.paired_p_value(mine, theirs)
-          if len(common) >= 2 and p_value is not None:
-            outcome = study_report.verdict(mine, theirs, higher_is_better=not lower_is_better)
-            better = study_report.seeds_better(mine, theirs, not lower_is_better)
-            cell += (
-              f" ({outcome}, {study_report.format_p_value(p_value)}, "
-              f"better on {better}/{len(common)})"
-            )
+          comparison = study_report.compare(values, reference, column, not lower_is_better)
+          cell += f" ({comparison.describe()})"
         cells.append(cell)
       lines.append(f"| {objective} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
     if checked:
@@ -289,7 +290,7 @@ def main(argv=None):
   parser.add_argument(
     "--archive",
     default=STUDY_ARCHIVE,
-    help="run: the study's archive, whose test perplexities T = 1 must reproduce",
+    help="run: the study's archive, whose test perplexities T = 1's are compared with",
   )
   parser.add_argument(
     "--smoke", action="store_true", help="run: the study config's smoke sizes (tests)"

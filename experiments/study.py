@@ -25,6 +25,8 @@ The grid and its paths are in ``study_grid.py``; ``report`` is ``study_report.py
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import glob
 import json
 import os
 import shlex
@@ -296,8 +298,15 @@ def run_stage(commands, root, heartbeat_seconds=HEARTBEAT_SECONDS):
 # Archive: what a finished point leaves in the repository.
 # ----------------------------------------------------------------------------------------
 
-# Small files the report needs, relative to a point's workdir (checkpoints and samples stay).
-ARCHIVED_FILES = ("eval.json", "metrics.jsonl", "best_metric.json", FEWSHOT_FILE)
+# Small files the report needs, relative to a point's workdir (checkpoints and samples stay):
+# glob patterns, one per file or kind of file.
+ARCHIVED_FILES = (
+  "eval.json",
+  "metrics.jsonl",
+  "best_metric.json",
+  FEWSHOT_FILE,
+  os.path.join("decoding", "*", "eval.json"),
+)
 
 
 def archive_dir(setting: str) -> str | None:
@@ -339,10 +348,7 @@ def current_commit(repo: str = REPO) -> str:
 
 def _archived_name(name: str) -> bool:
   """Whether a file of a point's workdir (a path relative to it) belongs in the archive."""
-  parts = name.split(os.sep)
-  return name in ARCHIVED_FILES or (
-    len(parts) == 3 and parts[0] == "decoding" and parts[2] == "eval.json"
-  )
+  return any(fnmatch.fnmatchcase(name, pattern) for pattern in ARCHIVED_FILES)
 
 
 def archive_gaps(root, archive, point, commands) -> list[str]:
@@ -371,14 +377,11 @@ def archive_point(root, archive, corpus, objective, seed, commit, only=None):
   source = os.path.abspath(run_dir(root, corpus, objective, seed))
   target = run_dir(archive, corpus, objective, seed)
   if only is None:
-    names = [name for name in ARCHIVED_FILES if os.path.exists(os.path.join(source, name))]
-    decoding = os.path.join(source, "decoding")
-    if os.path.isdir(decoding):
-      names += [
-        os.path.join("decoding", temperature, "eval.json")
-        for temperature in sorted(os.listdir(decoding))
-        if os.path.exists(os.path.join(decoding, temperature, "eval.json"))
-      ]
+    names = [
+      os.path.relpath(path, source)
+      for pattern in ARCHIVED_FILES
+      for path in sorted(glob.glob(os.path.join(source, pattern)))
+    ]
     if "eval.json" not in names:
       raise FileNotFoundError(f"{source} has no eval.json: evaluate the point before archiving it.")
   else:

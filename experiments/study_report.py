@@ -151,17 +151,25 @@ class Comparison:
       return self.outcome
     return f"{self.outcome}, {format_p_value(self.p_value)}, better on {self.better}/{self.pairs}"
 
+  def brief(self) -> str:
+    """``win (3/3)``: the outcome and the seeds better, or why there is no test."""
+    if self.pairs < 2 or self.p_value is None:
+      return self.describe()
+    return f"{self.outcome} ({self.better}/{self.pairs})"
 
-def compare(run, reference, metric) -> Comparison | None:
-  """``run`` against ``reference`` (two objectives' :func:`collect` entries) on ``metric``
-  over the seeds both finished; None where either lacks the metric (or its human rate)."""
+
+def compare(run, reference, metric, higher_is_better=None) -> Comparison | None:
+  """``run`` against ``reference`` (two ``{metric: [value per seed], "seeds": [...]}`` entries,
+  e.g. :func:`collect`'s) on ``metric`` over the seeds both finished; None where either lacks
+  the metric (or its human rate). ``higher_is_better`` defaults to :data:`METRICS`'."""
   judged, judged_reference = _judged(run, metric), _judged(reference, metric)
   if np.isnan(judged).any() or np.isnan(judged_reference).any():
     return None
   common = [s for s in run["seeds"] if s in reference["seeds"]]
   mine = [judged[run["seeds"].index(s)] for s in common]
   theirs = [judged_reference[reference["seeds"].index(s)] for s in common]
-  higher = METRICS[metric][1]  # For rep-2 the judged value is a distance: lower wins.
+  # For rep-2 the judged value is a distance: lower wins, as METRICS says.
+  higher = METRICS[metric][1] if higher_is_better is None else higher_is_better
   return Comparison(
     len(common),
     verdict(mine, theirs, higher),
@@ -225,13 +233,7 @@ def glance_report(table, decoding=None, baseline="mle") -> str:
   if not objectives:
     return ""
 
-  def cell(comparison):
-    if not comparison:
-      return "–"
-    if comparison.pairs < 2 or comparison.p_value is None:
-      return comparison.describe()
-    return f"{comparison.outcome} ({comparison.better}/{comparison.pairs})"
-
+  cell = lambda comparison: comparison.brief() if comparison else "–"
   lines = [
     f"At a glance, each objective against {baseline} (paired over seeds; better on k of n seeds):",
     "",
@@ -322,9 +324,7 @@ def decoding_report(root, corpus, baseline="mle", seeds=SEEDS) -> str:
     lines.append(
       f"Each at its own best temperature, {objective} vs {baseline} MAUVE: "
       f"{comparison.mean:.3f} vs {comparison.baseline_mean:.3f} over {comparison.pairs} "
-      f"paired seeds — {comparison.outcome}"
-      + (f" ({format_p_value(comparison.p_value)})" if comparison.p_value is not None else "")
-      + f", higher on {comparison.better} of {comparison.pairs}."
+      f"paired seed{'s' * (comparison.pairs != 1)} — {comparison.describe()}."
     )
   return "\n".join([*lines, ""] if comparisons else lines)
 

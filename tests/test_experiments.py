@@ -872,9 +872,10 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
   assert "| emo | MAUVE, each at its best T | win (3/3) |" in glance
   assert "| mle | 3 | 0.310 ± 0.008 / 0.065 |" in report
   assert (
-    "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win (p<0.001), higher on 3 of 3."
-    in report
+    "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win, p<0.001, better on 3/3." in report
   )
+  one_seed = study_report.decoding_report(root, corpus, seeds=[0])  # One pair: no verdict.
+  assert "over 1 paired seed — 1 pair, untested." in one_seed and "tie" not in one_seed
   fewshot = study_report.fewshot_report(root)
   assert "| emo | 2 | 4 | 0.750 [0.100, 0.900] | +1 / -0 (p=1.000) |" in fewshot
   assert "| mle | 0 | 4 | 0.500 [0.100, 0.900] | — |" in fewshot
@@ -1026,6 +1027,9 @@ def test_calibration_measures_every_point_once_and_reports_paired_verdicts(
   printed = capsys.readouterr().out
   assert f"no export {study_grid.run_dir(str(workdirs), corpus, 'tailr', 0)}/hf_export" in printed
   assert "measured already" not in printed
+  # Five models of one architecture: one compilation for the validation grid, one for the
+  # test's two temperatures.
+  assert calibration.jitted_calibration_step()._cache_size() == 2
   results = json.load(open(out))
   assert sorted(results) == [
     f"{corpus}/{name}"
