@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import provenance
 import study_report
 from study_grid import BASE, CORPORA, OBJECTIVES, REPO, SEEDS, SETTINGS, run_dir
 
@@ -157,7 +158,7 @@ def measure(config, source, batch_size) -> dict:
     "blocks": {"fit": config.data.max_eval_blocks, "test": config.eval.max_blocks},
     "source": source,
     "seconds": time.time() - start,
-    "commit": study.current_commit(),
+    "commit": provenance.current_commit(),
   }
 
 

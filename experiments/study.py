@@ -38,6 +38,7 @@ import threading
 import time
 
 import study_report
+from provenance import current_commit
 from study_grid import (  # What the study is; shared with the report.
   ARCHIVED,
   BASE,
@@ -318,32 +319,6 @@ def is_archived(archive, corpus, objective, seed) -> bool:
   return bool(archive) and os.path.exists(
     os.path.join(run_dir(archive, corpus, objective, seed), ARCHIVED)
   )
-
-
-# What a point's numbers depend on: every tracked file but prose and the study's own outputs
-# (archived results and figures are committed while the study runs).
-_NOT_CODE = (":(exclude)*.md", ":(exclude)experiments/results", ":(exclude)experiments/figures")
-
-
-def current_commit(repo: str = REPO) -> str:
-  """HEAD's commit, with ``-dirty`` appended when a file other than prose and the study's
-  outputs differs from it or is new and not ignored (the code that ran is then in no
-  commit), ``-unchecked`` when git cannot say; "unknown" outside a git checkout."""
-  head = subprocess.run(
-    ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-  ).stdout.strip()
-  if not head:
-    return "unknown"
-  # No optional locks: the study's result commits may hold the index meanwhile.
-  status = subprocess.run(
-    ["git", "--no-optional-locks", "-C", repo, "status", "--porcelain", "--", ".", *_NOT_CODE],
-    capture_output=True,
-    text=True,
-    check=False,
-  )
-  if status.returncode != 0:
-    return f"{head}-unchecked"
-  return f"{head}-dirty" if status.stdout.strip() else head
 
 
 def _archived_name(name: str) -> bool:

@@ -17,6 +17,7 @@ import os
 import sys
 
 import numpy as np
+import provenance
 from study_grid import (
   ARCHIVED,
   BASE,
@@ -25,6 +26,7 @@ from study_grid import (
   FEWSHOT,
   FEWSHOT_FILE,
   OBJECTIVES,
+  REPO,
   SEEDS,
   TEMPERATURES,
   decoding_dir,
@@ -96,9 +98,9 @@ def paired_p_value(values, baseline):
   return float(stats.ttest_rel(values, baseline).pvalue)
 
 
-def verdict(values, baseline, higher_is_better, alpha=0.05):
-  """'win' / 'loss' against the baseline when p < alpha, else 'tie'."""
-  p_value = paired_p_value(values, baseline)
+def verdict(values, baseline, higher_is_better, p_value, alpha=0.05):
+  """'win' / 'loss' against the baseline when ``p_value`` (:func:`paired_p_value`'s) is below
+  alpha, else 'tie'."""
   if p_value is None or p_value >= alpha:
     return "tie"
   better = np.mean(values) > np.mean(baseline)
@@ -170,10 +172,11 @@ def compare(run, reference, metric, higher_is_better=None) -> Comparison | None:
   theirs = [judged_reference[reference["seeds"].index(s)] for s in common]
   # For rep-2 the judged value is a distance: lower wins, as METRICS says.
   higher = METRICS[metric][1] if higher_is_better is None else higher_is_better
+  p_value = paired_p_value(mine, theirs)
   return Comparison(
     len(common),
-    verdict(mine, theirs, higher),
-    paired_p_value(mine, theirs),
+    verdict(mine, theirs, higher, p_value),
+    p_value,
     seeds_better(mine, theirs, higher),
     float(np.mean(mine)) if common else float("nan"),
     float(np.mean(theirs)) if common else float("nan"),
@@ -297,10 +300,10 @@ def best_temperature(by_temperature) -> float:
   return max(by_temperature, key=lambda t: (np.mean(by_temperature[t]["MAUVE"]), -abs(t - 1.0)))
 
 
-def decoding_report(root, corpus, baseline="mle", seeds=SEEDS) -> str:
-  """Markdown: MAUVE and rep-2 per objective and temperature, each objective at its own best
-  temperature, and that best-vs-best comparison paired by seed against the baseline."""
-  table = decoding_table(root, corpus, seeds=seeds)
+def decoding_report(table, corpus, baseline="mle") -> str:
+  """Markdown from ``corpus``'s :func:`decoding_table`: MAUVE and rep-2 per objective and
+  temperature, each objective at its own best temperature, and that best-vs-best comparison
+  paired by seed against the baseline."""
   if not table:
     return ""
   temperatures = sorted((*TEMPERATURES, 1.0))
@@ -596,11 +599,11 @@ def plot_corpus(root, corpus, objectives, out_dir) -> str:
   return save_figure(fig, os.path.join(out_dir, f"study_{corpus}.png"))
 
 
-def plot_decoding(root, corpus, out_dir, seeds=SEEDS) -> str | None:
-  """One PNG: MAUVE and the model's rep-2 against the sampling temperature, per objective
-  (mean over seeds, std error bars, one dot per seed; rep-2 with the human continuations'
-  rate as a line). None when no seed has every temperature."""
-  table = decoding_table(root, corpus, seeds=seeds)
+def plot_decoding(table, corpus, out_dir) -> str | None:
+  """One PNG from ``corpus``'s :func:`decoding_table`: MAUVE and the model's rep-2 against the
+  sampling temperature, per objective (mean over seeds, std error bars, one dot per seed;
+  rep-2 with the human continuations' rate as a line). None when no seed has every
+  temperature."""
   if not table:
     return None
   import matplotlib
@@ -662,11 +665,13 @@ def update_between_markers(path, text, section="study"):
 FULL_GRID = len(CORPORA) * len(OBJECTIVES) * len(SEEDS)
 
 
-def archived_commits(root, table) -> dict[str, int]:
-  """``{commit: points}`` over ``table``'s points archived under ``root`` (their
-  ``point.json``: the commit checked out when ``run`` last started the point, ``-dirty`` if
-  tracked code differed from it), most points first. A point with evaluations added later
-  counts under each commit that wrote some of its files."""
+def archived_commits(root, table, repo=REPO) -> dict[str, int]:
+  """``{code commit: points}`` over ``table``'s points archived under ``root``, most points
+  first. A point's ``point.json`` records the commit checked out when ``run`` last started
+  it (``-dirty`` if tracked code differed from it); here each counts as the newest commit at
+  or before it that changed code (:func:`provenance.code_commit`), so the study's own result
+  commits do not split one code version. A point with evaluations added later counts under
+  each code commit that wrote some of its files."""
   paths = (
     os.path.join(run_dir(root, corpus, objective, seed), ARCHIVED)
     for corpus, objectives in table.items()
@@ -677,7 +682,8 @@ def archived_commits(root, table) -> dict[str, int]:
   for path in paths:
     if os.path.exists(path):
       point = read_json(path)
-      commits.update({point["commit"], *(added["commit"] for added in point.get("added", []))})
+      written = [point["commit"], *(added["commit"] for added in point.get("added", []))]
+      commits.update({provenance.code_commit(commit, repo) for commit in written})
   return dict(commits.most_common())
 
 
@@ -693,7 +699,10 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
   commits = archived_commits(root, table)
   if commits:
     listed = ", ".join(f"`{commit[:10]}` ({n})" for commit, n in commits.items())
-    parts.append(f"Code of the archived points (commit: points; `{ARCHIVED}`): {listed}.\n")
+    parts.append(
+      f"Code of the archived points (`{ARCHIVED}`; the newest commit that changed code at or "
+      f"before each point's, then how many points it wrote): {listed}.\n"
+    )
   decoding = {
     corpus: decoding_table(root, corpus) for corpus in table if corpus in DECODING.corpora
   }
@@ -704,8 +713,8 @@ def full_report(root, table, figures_dir=None, relative_to=None, full_grid=FULL_
     if figures_dir:
       parts.append(f"![{corpus}]({link(plot_corpus(root, corpus, objectives, figures_dir))})\n")
     if corpus in DECODING.corpora:
-      parts.append(decoding_report(root, corpus))
-      path = plot_decoding(root, corpus, figures_dir) if figures_dir else None
+      parts.append(decoding_report(decoding[corpus], corpus))
+      path = plot_decoding(decoding[corpus], corpus, figures_dir) if figures_dir else None
       if path:
         parts.append(f"![{corpus}: decoding temperature]({link(path)})\n")
   parts.append(fewshot_report(root))

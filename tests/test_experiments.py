@@ -92,6 +92,7 @@ def test_walkthrough_runs_and_its_claims_hold(executed_walkthrough):
 # The study driver: commands and the report's statistics (the runs themselves are hours).
 # ----------------------------------------------------------------------------------------
 
+import provenance
 import study_grid
 import study_report
 
@@ -568,7 +569,7 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
   root, archive = tmp_path / "workdirs", tmp_path / "archive"
   root.mkdir()
   _finished_point(root)
-  files = study.archive_point(str(root), str(archive), "wikitext2_raw_carved", "mle", 0, "abc")
+  files = study.archive_point(str(root), str(archive), "wikitext2_raw_carved", "mle", 0, "mycommit")
   assert sorted(files) == sorted(
     [
       "eval.json",
@@ -580,7 +581,7 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
   )
   archived = study_grid.run_dir(str(archive), "wikitext2_raw_carved", "mle", 0)
   assert not os.path.exists(os.path.join(archived, "checkpoints"))  # Weights stay behind.
-  assert json.load(open(os.path.join(archived, "point.json")))["commit"] == "abc"
+  assert json.load(open(os.path.join(archived, "point.json")))["commit"] == "mycommit"
   assert study.is_archived(str(archive), "wikitext2_raw_carved", "mle", 0)
   # Only this point's timings, with markers relative to the root.
   records = [json.loads(line) for line in open(os.path.join(archived, "timings.jsonl"))]
@@ -595,8 +596,9 @@ def test_archived_points_rebuild_the_report_without_workdirs(tmp_path, capsys, m
   table = study_report.collect(str(archive), ["wikitext2_raw_carved"], ["mle"], [0])
   assert table["wikitext2_raw_carved"]["mle"]["perplexity"] == [19.0]
   assert study_report.validation_curves(str(archive), "wikitext2_raw_carved", "mle") == {10: [20.0]}
-  assert study_report.archived_commits(str(archive), table) == {"abc": 1}
-  assert "(commit: points; `point.json`): `abc` (1)." in study_report.full_report(
+  # Not a commit of this repository: listed as recorded.
+  assert study_report.archived_commits(str(archive), table) == {"mycommit": 1}
+  assert "then how many points it wrote): `mycommit` (1)." in study_report.full_report(
     str(archive), table
   )
   # A run skips an archived point entirely (its workdir may be gone) and archives the rest.
@@ -647,26 +649,53 @@ def test_current_commit_marks_uncommitted_or_new_code_but_not_prose_or_study_out
   head = subprocess.run(
     [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
   ).stdout.strip()
-  assert study.current_commit(repo) == head
+  assert provenance.current_commit(repo) == head
   for name in ("notes.md", "experiments/results/p.json"):  # Written while the study runs.
     with open(os.path.join(repo, name), "a") as f:
       f.write("more\n")
-  assert study.current_commit(repo) == head
+  assert provenance.current_commit(repo) == head
   with open(os.path.join(repo, "draft.md"), "w") as f:  # New prose: still clean.
     f.write("b\n")
-  assert study.current_commit(repo) == head
+  assert provenance.current_commit(repo) == head
   with open(os.path.join(repo, "new_module.py"), "w") as f:  # New code that may be imported.
     f.write("y = 1\n")
-  assert study.current_commit(repo) == f"{head}-dirty"
+  assert provenance.current_commit(repo) == f"{head}-dirty"
   os.remove(os.path.join(repo, "new_module.py"))
   with open(os.path.join(repo, "lib.py"), "a") as f:
     f.write("x = 2\n")
-  assert study.current_commit(repo) == f"{head}-dirty"
+  assert provenance.current_commit(repo) == f"{head}-dirty"
   with open(os.path.join(repo, ".git", "index"), "w") as f:  # git cannot compare: say so.
     f.write("damaged")
-  assert study.current_commit(repo) == f"{head}-unchecked"
+  assert provenance.current_commit(repo) == f"{head}-unchecked"
   os.makedirs(tmp_path / "plain")
-  assert study.current_commit(str(tmp_path / "plain")) == "unknown"
+  assert provenance.current_commit(str(tmp_path / "plain")) == "unknown"
+
+
+def test_code_commit_names_the_newest_commit_that_changed_code(tmp_path):
+  repo = str(tmp_path / "repo")
+  git = ["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@t"]
+  subprocess.run(["git", "init", "-q", repo], check=True)
+
+  def commit(name, text):
+    os.makedirs(os.path.dirname(os.path.join(repo, name)), exist_ok=True)
+    with open(os.path.join(repo, name), "w") as f:
+      f.write(text)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", name], check=True)
+    return subprocess.run(
+      [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+  code = commit("lib.py", "x = 1\n")
+  results = commit("experiments/results/p.json", "{}\n")  # The study's own commits.
+  prose = commit("experiments/RESULTS.md", "table\n")
+  assert provenance.code_commit(results, repo) == code
+  assert provenance.code_commit(f"{prose}-dirty", repo) == f"{code}-dirty"
+  newer = commit("lib.py", "x = 2\n")
+  assert provenance.code_commit(newer, repo) == newer
+  assert provenance.code_commit(prose, repo) == code  # History before the new code stands.
+  for unresolvable in ("unknown", "0" * 40, f"{'0' * 40}-dirty"):
+    assert provenance.code_commit(unresolvable, repo) == unresolvable
 
 
 def test_run_point_prunes_periodic_checkpoints_only_once_the_point_is_archived(
@@ -866,7 +895,7 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
   decoding_table = study_report.decoding_table(root, corpus)
   assert study_report.best_temperature(decoding_table["mle"]) == 0.85
   assert study_report.best_temperature(decoding_table["emo"]) == 1.0
-  report = study_report.decoding_report(root, corpus)
+  report = study_report.decoding_report(decoding_table, corpus)
   table = study_report.collect(root, [corpus], ["mle", "emo"])
   glance = study_report.glance_report(table, {corpus: decoding_table})
   assert "| emo | MAUVE, each at its best T | win (3/3) |" in glance
@@ -874,7 +903,9 @@ def test_study_v2_report_decoding_fewshot_and_summary(tmp_path, capsys):
   assert (
     "emo vs mle MAUVE: 0.510 vs 0.410 over 3 paired seeds — win, p<0.001, better on 3/3." in report
   )
-  one_seed = study_report.decoding_report(root, corpus, seeds=[0])  # One pair: no verdict.
+  one_seed = study_report.decoding_report(  # One pair: no verdict.
+    study_report.decoding_table(root, corpus, seeds=[0]), corpus
+  )
   assert "over 1 paired seed — 1 pair, untested." in one_seed and "tie" not in one_seed
   fewshot = study_report.fewshot_report(root)
   assert "| emo | 2 | 4 | 0.750 [0.100, 0.900] | +1 / -0 (p=1.000) |" in fewshot
