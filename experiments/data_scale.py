@@ -12,7 +12,7 @@ one pass, but not one of the nested subsets) from ``experiments/results/smollm2`
 
     EMO_JAX_DATA=../shared/data python experiments/data_scale.py run    # resumable, archives
     python experiments/data_scale.py report --figure experiments/figures/smollm2/data_scale.png \\
-        --summary experiments/results/smollm2_data_scale.json
+        --summary experiments/results/smollm2_data_scale.json --update experiments/RESULTS.md
 
 Layout: ``<root>/tokens<budget>/<objective>/seed<seed>``, i.e. ``study_grid.py``'s with the budget
 in the corpus's place, so its runner (timings, resumption) and archive serve here too.
@@ -248,6 +248,9 @@ def main(argv=None):
   )
   parser.add_argument("--figure", help="report: write the curves to this PNG")
   parser.add_argument("--summary", help="report: write the table as JSON")
+  parser.add_argument(
+    "--update", help="report: also write between this file's smollm2_data_scale markers"
+  )
   argv = sys.argv[1:] if argv is None else list(argv)
   extra = argv[argv.index("--") + 1 :] if "--" in argv else []  # Passed on to main.py.
   args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -268,9 +271,17 @@ def main(argv=None):
   table = collect(
     args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive
   )
-  print(markdown(table))
+  text = markdown(table)
   if args.figure:
-    print(f"\n![data scale]({plot(table, args.figure)})")
+    path = plot(table, args.figure)
+    # In the updated file the link is relative to it, as the study report's figures are.
+    link = (
+      os.path.relpath(path, os.path.dirname(os.path.abspath(args.update))) if args.update else path
+    )
+    text += f"\n\n![data scale]({link})"
+  print(text)
+  if args.update:
+    study_report.update_between_markers(args.update, text, "smollm2_data_scale")
   if args.summary:
     serialisable = {
       objective: {

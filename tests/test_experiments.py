@@ -985,6 +985,10 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   write_point(
     study_grid.run_dir(str(study_archive), data_scale.CORPUS, "base", 0), "base", 37.0, 0.52, 0
   )
+  results = tmp_path / "RESULTS.md"
+  results.write_text(
+    "kept\n<!-- smollm2_data_scale:begin -->\nold\n<!-- smollm2_data_scale:end -->\n"
+  )
   data_scale.main(
     [
       "report",
@@ -996,9 +1000,14 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
       str(tmp_path / "scale.png"),
       "--summary",
       str(tmp_path / "scale.json"),
+      "--update",
+      str(results),
     ]
   )
   printed = capsys.readouterr().out
+  updated = results.read_text()
+  assert updated.startswith("kept\n") and "old" not in updated
+  assert "| emo | 100,000 | 1 | 12 | 26.00 |" in updated and "](scale.png)" in updated
   assert "| mle | 25,000 | 1 | 12 | 30.00 | 0.400 | 0.400 | 0.700 |" in printed
   assert "| emo | 100,000 | 1 | 12 | 26.00 | 0.400 | 0.500 | 0.700 |" in printed
   assert "| emo (study) | 122,880 | 2 | 60 | 20.50 |" in printed  # Mean of the two seeds.
