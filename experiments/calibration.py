@@ -46,7 +46,7 @@ sys.path.insert(0, REPO)  # configs/ sits at the repository root.
 # temperature costs a pass of exp over every [tokens, V] logit, so the grid is coarse and
 # T* is refined between grid points (:func:`optimal_temperature`).
 TEMPERATURES = tuple(round(0.8 + 0.05 * i, 2) for i in range(13))
-DEFAULT_WORKDIRS = os.path.join(REPO, "workdirs", SETTINGS["smollm2"].default_root)
+DEFAULT_WORKDIRS = study.workdirs_dir("smollm2")
 DEFAULT_OUT = os.path.join(REPO, "experiments", "results", "smollm2_calibration.json")
 STUDY_ARCHIVE = study.archive_dir("smollm2")
 PRETRAINED = SETTINGS["smollm2"].pretrained

@@ -310,6 +310,11 @@ ARCHIVED_FILES = (
 )
 
 
+def workdirs_dir(setting: str, smoke: bool = False) -> str:
+  """Where ``run`` puts ``setting``'s workdirs by default (a smoke run's beside them)."""
+  return os.path.join(REPO, "workdirs", SETTINGS[setting].default_root + "_smoke" * smoke)
+
+
 def archive_dir(setting: str) -> str | None:
   name = SETTINGS[setting].archive
   return os.path.join(REPO, "experiments", "results", name) if name else None
@@ -501,8 +506,7 @@ def main(argv=None):
   # Everything after "--" goes to main.py (argparse cannot take it after the grid options).
   extra = argv[argv.index("--") + 1 :] if "--" in argv else []
   args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-  default_root = SETTINGS[args.setting].default_root + ("_smoke" if args.smoke else "")
-  args.root = args.root or os.path.join(REPO, "workdirs", default_root)
+  args.root = args.root or workdirs_dir(args.setting, args.smoke)
   grid = dict(
     corpora=args.corpora,
     objectives=args.objectives,
