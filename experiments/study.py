@@ -327,8 +327,14 @@ def is_archived(archive, corpus, objective, seed) -> bool:
 
 
 def _archived_name(name: str) -> bool:
-  """Whether a file of a point's workdir (a path relative to it) belongs in the archive."""
-  return any(fnmatch.fnmatchcase(name, pattern) for pattern in ARCHIVED_FILES)
+  """Whether a file of a point's workdir (a path relative to it) belongs in the archive: it
+  matches a pattern of :data:`ARCHIVED_FILES` as :func:`archive_point`'s ``glob`` would, one
+  path component per pattern component (``*`` never crosses a separator)."""
+  parts = name.split(os.sep)
+  return any(
+    len(parts) == len(pattern_parts) and all(map(fnmatch.fnmatchcase, parts, pattern_parts))
+    for pattern_parts in (pattern.split(os.sep) for pattern in ARCHIVED_FILES)
+  )
 
 
 def archive_gaps(root, archive, point, commands) -> list[str]:

@@ -1,5 +1,6 @@
 """The experiment scripts run, and what they print is true."""
 
+import glob
 import json
 import os
 import signal
@@ -724,6 +725,30 @@ def test_run_point_prunes_periodic_checkpoints_only_once_the_point_is_archived(
   assert sorted(os.listdir(os.path.join(workdir, "best", "60"))) == ["params"]
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert "pruned: 0.0 GiB" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+  "name, archived",
+  [
+    ("eval.json", True),
+    (os.path.join("decoding", "T0.85", "eval.json"), True),
+    # fnmatch's "*" would cross the separator here; archive_point's glob does not.
+    (os.path.join("decoding", "T0.85", "extra", "eval.json"), False),
+    (os.path.join("best", "eval.json"), False),
+    ("results.json", False),
+  ],
+)
+def test_archived_names_follow_the_archives_glob(tmp_path, name, archived):
+  assert study._archived_name(name) is archived
+  path = tmp_path / name
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("{}")
+  globbed = {
+    os.path.relpath(found, tmp_path)
+    for pattern in study.ARCHIVED_FILES
+    for found in glob.glob(os.path.join(tmp_path, pattern))
+  }
+  assert (name in globbed) is archived
 
 
 def test_an_archived_point_gains_the_evaluations_the_grid_added(tmp_path, capsys, monkeypatch):
