@@ -222,6 +222,30 @@ def _raise_on_sigterm(signum, frame):
   raise SystemExit(128 + signum)  # An exception, so run_stage records the interrupted time.
 
 
+# How long an interrupted driver waits for its command to save and exit (a training run's
+# SIGTERM handler writes a checkpoint of the whole train state) before it kills the command.
+STOP_GRACE_SECONDS = 300.0
+
+
+def _run_command(command) -> int:
+  """Runs ``command`` to its end and returns its exit status. Should this driver be
+  interrupted meanwhile, the command gets SIGTERM and up to :data:`STOP_GRACE_SECONDS` to
+  save and exit before it is killed: ``subprocess.run`` would
+  kill it at once, losing a training run's steps since its last checkpoint."""
+  process = subprocess.Popen(command)
+  try:
+    return process.wait()
+  except BaseException:
+    if process.poll() is None:
+      process.terminate()
+      try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    raise
+
+
 # How much of a command's time a SIGKILL (or a machine that goes away) can leave unrecorded.
 HEARTBEAT_SECONDS = 30.0
 
@@ -279,7 +303,9 @@ def run_stage(commands, root, heartbeat_seconds=HEARTBEAT_SECONDS):
     )
     beat.start()
     try:
-      subprocess.run(command, check=True)  # A preempted training run exits non-zero.
+      returncode = _run_command(command)
+      if returncode:  # A preempted training run exits non-zero.
+        raise subprocess.CalledProcessError(returncode, command)
     except BaseException:
       # Interrupted (SIGTERM, Ctrl-C, a crash): its time still counts towards the point,
       # which the next invocation resumes (read_timings adds the two).

@@ -363,14 +363,30 @@ def _wait_for_heartbeat(path, seconds, timeout=60):
   raise TimeoutError(f"no heartbeat past {seconds} s in {path}")
 
 
-def _run_stage_in_subprocess(done, root):
-  """A driver whose command sleeps a minute, heartbeat every 0.5 s."""
+def _run_stage_in_subprocess(done, root, command="import time; time.sleep(60)", grace=None):
+  """A driver whose command (Python code) sleeps a minute by default, heartbeat every 0.5 s;
+  ``grace``: its ``STOP_GRACE_SECONDS``."""
   script = (
     f"import sys; sys.path.insert(0, {os.path.join(REPO, 'experiments')!r}); import study; "
-    f"study.run_stage([([sys.executable, '-c', 'import time; time.sleep(60)'], "
+    + (f"study.STOP_GRACE_SECONDS = {grace}; " if grace is not None else "")
+    + f"study.run_stage([([sys.executable, '-c', {command!r}], "
     f"{str(done)!r})], {str(root)!r}, heartbeat_seconds=0.5)"
   )
   return subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+
+
+# A training run's shape: SIGTERM sets a flag; the step in flight ends, a checkpoint is
+# written (slowly), then the run exits with the preempted status.
+_SAVES_ON_SIGTERM = """
+import signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+while not stop:
+  time.sleep(0.05)
+time.sleep(1.0)
+open({saved!r}, "w").close()
+sys.exit(143)
+"""
 
 
 def test_study_run_stage_records_a_sigterm_interrupted_command(tmp_path):
@@ -378,10 +394,27 @@ def test_study_run_stage_records_a_sigterm_interrupted_command(tmp_path):
   process = _run_stage_in_subprocess(done, tmp_path)
   _wait_for_heartbeat(done.parent / "results.json.in_flight.json", 1.0)  # Into the sleep.
   process.terminate()
-  assert process.wait(timeout=30) != 0  # subprocess.run killed the command on the way out.
+  assert process.wait(timeout=30) != 0
   (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   assert record["finished"] is False and record["seconds"] > 1
   assert not (done.parent / "results.json.in_flight.json").exists()  # Recorded once.
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_an_interrupted_driver_lets_its_command_save_before_it_exits(tmp_path, ignores_sigterm):
+  done, saved = tmp_path / "point" / "results.json", tmp_path / "point" / "saved"
+  command = _SAVES_ON_SIGTERM.format(saved=str(saved))
+  if ignores_sigterm:  # A hung command: killed once the grace is over.
+    command = command.replace("lambda *_: stop.append(True)", "signal.SIG_IGN")
+  process = _run_stage_in_subprocess(done, tmp_path, command, grace=3.0)
+  _wait_for_heartbeat(done.parent / "results.json.in_flight.json", 1.0)
+  start = time.time()
+  process.terminate()  # The driver only, as `kill <driver pid>` would.
+  assert process.wait(timeout=30) != 0
+  assert saved.exists() is not ignores_sigterm
+  assert (time.time() - start > 2.5) is ignores_sigterm
+  (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
+  assert record["finished"] is False
 
 
 def test_study_run_stage_counts_a_sigkilled_invocation_from_its_heartbeat(tmp_path):
