@@ -8,7 +8,9 @@ run, validation on 32 blocks six times per run, best checkpoint); each point is 
 like one (test perplexity on 64 blocks, MAUVE of 500 samples, mean DEMD) and scored few-shot
 (AG News and SST-2, ``experiments/fewshot.py``). The report adds the untouched base (0 tokens)
 and the study's own WikiText-2 points (60 steps = 122,880 tokens drawn from the whole split:
-one pass, but not one of the nested subsets) from ``experiments/results/smollm2``.
+one pass, but not one of the nested subsets) from ``experiments/results/smollm2``, and pairs
+EMO with MLE budget by budget (:func:`paired_report`: differences, McNemar on the few-shot
+queries).
 
     EMO_JAX_DATA=../shared/data python experiments/data_scale.py run    # resumable, archives
     python experiments/data_scale.py report --figure experiments/figures/smollm2/data_scale.png \\
@@ -189,6 +191,71 @@ def markdown(table) -> str:
   return "\n".join(lines)
 
 
+def _paired_directories(root, study_archive, seed):
+  """``[(tokens, label, {objective: directory})]``: each budget's points for ``seed``, then
+  the study's WikiText-2 points for the same seed."""
+  rows = [
+    (
+      budget,
+      f"{budget:,}",
+      {o: study_grid.run_dir(root, group(budget), o, seed) for o in OBJECTIVES},
+    )
+    for budget in BUDGETS
+  ]
+  study_points = {o: study_grid.run_dir(study_archive, CORPUS, o, seed) for o in OBJECTIVES}
+  rows.append((STUDY_TOKENS, f"{STUDY_TOKENS:,} (study)", study_points))
+  return sorted(rows, key=lambda row: row[0])
+
+
+def paired_report(root, study_archive=STUDY_ARCHIVE, seed=0, baseline="mle", other="emo"):
+  """``other`` against ``baseline`` at each budget where both finished, on one seed: the
+  differences of test perplexity and MAUVE, and for each few-shot task the accuracy
+  difference with an exact McNemar test on the same queries (study_report's few-shot test).
+  One seed: a difference in perplexity or MAUVE has no test here, and the McNemar test
+  speaks to these two models, not to the objectives' spread over seeds."""
+  from emo_jax import fewshot  # Loads jax: only here, as study_report does.
+
+  lines = [
+    (
+      f"{other} against {baseline}, seed {seed} at each budget (few-shot: accuracy difference, "
+      f"queries only {other} / only {baseline} gets right, exact McNemar p):"
+    ),
+    "",
+    f"| training tokens | test perplexity {other} − {baseline} | MAUVE {other} − {baseline} | "
+    + " | ".join(f"{task} {other} − {baseline}" for task in TASKS)
+    + " |",
+    "|---|---:|---:|" + "---|" * len(TASKS),
+  ]
+  for _, label, directories in _paired_directories(root, study_archive, seed):
+    paths = {
+      objective: {
+        name: os.path.join(directory, name) for name in ("eval.json", study_grid.FEWSHOT_FILE)
+      }
+      for objective, directory in directories.items()
+      if objective in (baseline, other)
+    }
+    if not all(os.path.exists(p) for files in paths.values() for p in files.values()):
+      continue
+    evaluations = {o: study_report.read_json(files["eval.json"]) for o, files in paths.items()}
+    tasks = {
+      o: study_report.read_json(files[study_grid.FEWSHOT_FILE])[o]["tasks"]
+      for o, files in paths.items()
+    }
+    cells = [
+      f"{evaluations[other]['perplexity'] - evaluations[baseline]['perplexity']:+.2f}",
+      f"{evaluations[other]['mauve']['mean'] - evaluations[baseline]['mauve']['mean']:+.3f}",
+    ]
+    for task in TASKS:
+      ours, theirs = tasks[other][task], tasks[baseline][task]
+      paired = fewshot.mcnemar(ours["correct"], theirs["correct"])
+      cells.append(
+        f"{ours['accuracy'] - theirs['accuracy']:+.3f} (+{paired['a_only']} / "
+        f"-{paired['b_only']}, {study_report.format_p_value(paired['p_value'])})"
+      )
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def plot(table, path) -> str:
   """Test perplexity and the few-shot accuracies against the training tokens (log scale);
   the base as a dashed line, the study's points as hollow markers."""
@@ -271,7 +338,7 @@ def main(argv=None):
   table = collect(
     args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive
   )
-  text = markdown(table)
+  text = markdown(table) + "\n\n" + paired_report(args.root or args.archive, args.study_archive)
   if args.figure:
     path = plot(table, args.figure)
     # In the updated file the link is relative to it, as the study report's figures are.

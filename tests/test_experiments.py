@@ -1030,7 +1030,12 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   def write_point(directory, objective, perplexity, agnews, step):
     _write_json(os.path.join(directory, "eval.json"), _eval_record(0.4, 0.03, perplexity))
     _write_json(os.path.join(directory, "best_metric.json"), {"step": step})
-    tasks = {"ag_news": {"accuracy": agnews}, "sst2": {"accuracy": 0.7}}
+    # Ten AG News queries; EMO's right answers are MLE's plus one more (at 25k and 100k).
+    correct = [i < round(agnews * 10) for i in range(10)]
+    tasks = {
+      "ag_news": {"accuracy": agnews, "correct": correct},
+      "sst2": {"accuracy": 0.7, "correct": [True] * 7 + [False] * 3},
+    }
     _write_json(os.path.join(directory, "fewshot.json"), {objective: {"tasks": tasks}})
 
   for objective, offset in (("mle", 0.0), ("emo", 1.0)):
@@ -1070,6 +1075,12 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   assert "| emo | 100,000 | 1 | 12 | 26.00 | 0.400 | 0.500 | 0.700 |" in printed
   assert "| emo (study) | 122,880 | 2 | 60 | 20.50 |" in printed  # Mean of the two seeds.
   assert "| base | 0 | 1 | 0 | 37.00 |" in printed
+  # EMO against MLE, seed 0, budget by budget (400k unfinished: no row), then the study's.
+  assert "| 25,000 | +1.00 | +0.000 | +0.100 (+1 / -0, p=1.000) | +0.000 (+0 / -0, p=1.000) |" in (
+    printed
+  )
+  assert "| 100,000 | +1.00 |" in printed and "400,000" not in printed
+  assert "| 122,880 (study) | +1.00 | +0.000 | +0.000 (+0 / -0, p=1.000) |" in printed
   assert (tmp_path / "scale.png").stat().st_size > 10_000
   summary = json.load(open(tmp_path / "scale.json"))
   assert summary["emo"]["25000"]["0"]["ag_news"] == pytest.approx(0.5)
