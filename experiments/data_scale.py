@@ -123,8 +123,9 @@ def run(root, archive, budgets, objectives, seeds, extra=(), prune_checkpoints=F
 
 
 def _point_record(directory, objective):
-  """``{perplexity, MAUVE, mean DEMD, best step, <task>: accuracy}`` of a finished point's
-  files; None until its evaluation and few-shot scores exist."""
+  """``{perplexity, MAUVE, mean DEMD, best step, <task>: accuracy, <task> 95% CI: [low,
+  high]}`` of a finished point's files (the interval: Wilson's, over the task's queries); None
+  until its evaluation and few-shot scores exist."""
   paths = {name: os.path.join(directory, name) for name in ("eval.json", study_grid.FEWSHOT_FILE)}
   if not all(os.path.exists(path) for path in paths.values()):
     return None
@@ -135,6 +136,7 @@ def _point_record(directory, objective):
     "MAUVE": evaluation["mauve"]["mean"],
     "mean DEMD": evaluation["mean_demd"],
     **{task: tasks[task]["accuracy"] for task in TASKS},
+    **{f"{task} 95% CI": [tasks[task]["low"], tasks[task]["high"]] for task in TASKS},
   }
   best = os.path.join(directory, "best_metric.json")
   record["best step"] = study_report.read_json(best)["step"] if os.path.exists(best) else None
@@ -258,7 +260,9 @@ def paired_report(root, study_archive=STUDY_ARCHIVE, seed=0, baseline="mle", oth
 
 def plot(table, path) -> str:
   """Test perplexity and the few-shot accuracies against the training tokens (log scale);
-  the base as a dashed line, the study's points as hollow markers."""
+  the base as a dashed line, the study's points as hollow markers (their mean over seeds). A
+  one-seed point's accuracy carries its 95% interval over the queries: the spread between
+  fine-tuning seeds is not in it."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -274,9 +278,15 @@ def plot(table, path) -> str:
       tokens = sorted(by_tokens)
       means = [np.mean([r[column] for r in by_tokens[t].values()]) for t in tokens]
       hollow = objective.endswith("(study)")
-      axis.plot(
+      errors = None
+      if column in TASKS and all(len(by_tokens[t]) == 1 for t in tokens):
+        intervals = [next(iter(by_tokens[t].values()))[f"{column} 95% CI"] for t in tokens]
+        errors = np.abs(np.asarray(intervals).T - np.asarray(means))  # [2, points]
+      axis.errorbar(
         tokens,
         means,
+        yerr=errors,
+        capsize=3,
         marker="o",
         linestyle="none" if hollow else "-",
         markerfacecolor="none" if hollow else study_report.COLORS[name],
@@ -287,6 +297,10 @@ def plot(table, path) -> str:
       axis.axhline(
         base[column], color=study_report.COLORS[study_grid.BASE], linestyle="--", label="base"
       )
+      if column in TASKS:
+        axis.axhspan(
+          *base[f"{column} 95% CI"], color=study_report.COLORS[study_grid.BASE], alpha=0.1
+        )
     axis.set_xscale("log")
     axis.set_xlabel("fine-tuning tokens (one epoch)")
     axis.set_title(f"{CORPUS}: test perplexity" if column == "perplexity" else f"{column} (8-shot)")

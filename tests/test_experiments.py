@@ -1033,8 +1033,8 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
     # Ten AG News queries; EMO's right answers are MLE's plus one more (at 25k and 100k).
     correct = [i < round(agnews * 10) for i in range(10)]
     tasks = {
-      "ag_news": {"accuracy": agnews, "correct": correct},
-      "sst2": {"accuracy": 0.7, "correct": [True] * 7 + [False] * 3},
+      "ag_news": {"accuracy": agnews, "correct": correct, "low": agnews - 0.2, "high": 0.9},
+      "sst2": {"accuracy": 0.7, "correct": [True] * 7 + [False] * 3, "low": 0.4, "high": 0.9},
     }
     _write_json(os.path.join(directory, "fewshot.json"), {objective: {"tasks": tasks}})
 
@@ -1084,6 +1084,7 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   assert (tmp_path / "scale.png").stat().st_size > 10_000
   summary = json.load(open(tmp_path / "scale.json"))
   assert summary["emo"]["25000"]["0"]["ag_news"] == pytest.approx(0.5)
+  assert summary["emo"]["25000"]["0"]["ag_news 95% CI"] == pytest.approx([0.3, 0.9])
   assert "400000" not in summary["mle"]  # Unfinished points are absent, not zero.
 
 
