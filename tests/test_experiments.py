@@ -1006,8 +1006,8 @@ def test_data_scale_points_train_one_epoch_of_nested_budgets(tmp_path):
   from configs import smollm2_study
   from emo_jax import config_checks
 
-  # 25k tokens: 98 blocks of 256, 12 batches of 8; 400k: 1563 blocks, 195 batches.
-  assert [data_scale.steps_per_epoch(b) for b in data_scale.BUDGETS] == [12, 48, 195]
+  # 25k tokens: 98 blocks of 256, 12 batches of 8; 240k: 938 blocks, 117 batches.
+  assert [data_scale.steps_per_epoch(b) for b in data_scale.BUDGETS] == [12, 48, 117]
   commands = data_scale.point_commands(str(tmp_path), 25_000, "emo", 1)
   (train_command, trained), (eval_command, evaluated), (fewshot_command, scored) = commands
   workdir = os.path.join(str(tmp_path), "tokens25000", "emo", "seed1")
@@ -1075,17 +1075,17 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   assert "| emo | 100,000 | 1 | 12 | 26.00 | 0.400 | 0.500 | 0.700 |" in printed
   assert "| emo (study) | 122,880 | 2 | 60 | 20.50 |" in printed  # Mean of the two seeds.
   assert "| base | 0 | 1 | 0 | 37.00 |" in printed
-  # EMO against MLE, seed 0, budget by budget (400k unfinished: no row), then the study's.
+  # EMO against MLE, seed 0, budget by budget (240k unfinished: no row), then the study's.
   assert "| 25,000 | +1.00 | +0.000 | +0.100 (+1 / -0, p=1.000) | +0.000 (+0 / -0, p=1.000) |" in (
     printed
   )
-  assert "| 100,000 | +1.00 |" in printed and "400,000" not in printed
+  assert "| 100,000 | +1.00 |" in printed and "240,000" not in printed
   assert "| 122,880 (study) | +1.00 | +0.000 | +0.000 (+0 / -0, p=1.000) |" in printed
   assert (tmp_path / "scale.png").stat().st_size > 10_000
   summary = json.load(open(tmp_path / "scale.json"))
   assert summary["emo"]["25000"]["0"]["ag_news"] == pytest.approx(0.5)
   assert summary["emo"]["25000"]["0"]["ag_news 95% CI"] == pytest.approx([0.3, 0.9])
-  assert "400000" not in summary["mle"]  # Unfinished points are absent, not zero.
+  assert "240000" not in summary["mle"]  # Unfinished points are absent, not zero.
 
 
 @pytest.mark.parametrize("optimum", [0.93, 1.0, 1.17, 1.62])
