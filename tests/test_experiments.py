@@ -1022,6 +1022,23 @@ def test_data_scale_points_train_one_epoch_of_nested_budgets(tmp_path):
   assert set(overrides) <= set(fields)  # Every override names a field (a typo would not run).
 
 
+def test_data_scale_budgets_fit_the_corpus(data_dir):
+  """The largest budget must fit the training split as the study's model tokenizes and packs
+  it (a budget beyond it fails only when its point starts, hours into a run)."""
+  import data_scale
+
+  from emo_jax.data import corpora, input_pipeline
+  from emo_jax.data.tokenizer import load_tokenizer
+
+  config = data_scale._STUDY_CONFIG
+  documents = corpora.wikitext2_raw_carved("train", data_dir)
+  blocks = input_pipeline.tokenize_and_pack(
+    documents, load_tokenizer(data_scale.PRETRAINED), config.data.block_size
+  )
+  available = int(input_pipeline.target_tokens(blocks).sum())
+  assert max(data_scale.BUDGETS) <= available
+
+
 def test_data_scale_report_from_archived_points(tmp_path, capsys):
   import data_scale
 
