@@ -197,7 +197,7 @@ def markdown(table) -> str:
   return "\n".join(lines)
 
 
-def _paired_directories(root, study_archive, seed):
+def _paired_directories(root, study_archive, seed, budgets=BUDGETS):
   """``[(tokens, label, {objective: directory})]``: each budget's points for ``seed``, then
   the study's WikiText-2 points for the same seed."""
   rows = [
@@ -206,14 +206,16 @@ def _paired_directories(root, study_archive, seed):
       f"{budget:,}",
       {o: study_grid.run_dir(root, group(budget), o, seed) for o in OBJECTIVES},
     )
-    for budget in BUDGETS
+    for budget in budgets
   ]
   study_points = {o: study_grid.run_dir(study_archive, CORPUS, o, seed) for o in OBJECTIVES}
   rows.append((STUDY_TOKENS, f"{STUDY_TOKENS:,} (study)", study_points))
   return sorted(rows, key=lambda row: row[0])
 
 
-def paired_report(root, study_archive=STUDY_ARCHIVE, seed=0, baseline="mle", other="emo"):
+def paired_report(
+  root, study_archive=STUDY_ARCHIVE, seed=0, baseline="mle", other="emo", budgets=BUDGETS
+):
   """``other`` against ``baseline`` at each budget where both finished, on one seed: the
   differences of test perplexity and MAUVE, and for each few-shot task the accuracy
   difference with an exact McNemar test on the same queries (study_report's few-shot test).
@@ -232,7 +234,7 @@ def paired_report(root, study_archive=STUDY_ARCHIVE, seed=0, baseline="mle", oth
     + " |",
     "|---|---:|---:|" + "---|" * len(TASKS),
   ]
-  for _, label, directories in _paired_directories(root, study_archive, seed):
+  for _, label, directories in _paired_directories(root, study_archive, seed, budgets):
     paths = {
       objective: {
         name: os.path.join(directory, name) for name in ("eval.json", study_grid.FEWSHOT_FILE)
@@ -356,7 +358,13 @@ def main(argv=None):
   table = collect(
     args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive
   )
-  text = markdown(table) + "\n\n" + paired_report(args.root or args.archive, args.study_archive)
+  text = (
+    markdown(table)
+    + "\n\n"
+    + paired_report(
+      args.root or args.archive, args.study_archive, seed=min(args.seeds), budgets=args.budgets
+    )
+  )
   if args.figure:
     path = plot(table, args.figure)
     # In the updated file the link is relative to it, as the study report's figures are.
