@@ -51,6 +51,7 @@ DEFAULT_ROOT = os.path.join(study_grid.REPO, "workdirs", "smollm2_data_scale")
 DEFAULT_ARCHIVE = os.path.join(study_grid.REPO, "experiments", "results", "smollm2_data_scale")
 STUDY_ARCHIVE = os.path.join(study_grid.REPO, "experiments", "results", "smollm2")
 TASKS = ("ag_news", "sst2")
+CORRECT = "correct"  # A record's per-query few-shot outcomes: the paired test's input.
 
 
 def _study_config():
@@ -128,8 +129,9 @@ def run(root, archive, budgets, objectives, seeds, extra=(), prune_checkpoints=F
 
 def _point_record(directory, objective):
   """``{perplexity, MAUVE, mean DEMD, best step, <task>: accuracy, <task> 95% CI: [low,
-  high]}`` of a finished point's files (the interval: Wilson's, over the task's queries); None
-  until its evaluation and few-shot scores exist."""
+  high], correct: {<task>: [bool per query]}}`` of a finished point's files (the interval:
+  Wilson's, over the task's queries; ``correct`` feeds the paired test and stays out of the
+  summary JSON); None until its evaluation and few-shot scores exist."""
   paths = {name: os.path.join(directory, name) for name in ("eval.json", study_grid.FEWSHOT_FILE)}
   if not all(os.path.exists(path) for path in paths.values()):
     return None
@@ -141,6 +143,7 @@ def _point_record(directory, objective):
     "mean DEMD": evaluation["mean_demd"],
     **{task: tasks[task]["accuracy"] for task in TASKS},
     **{f"{task} 95% CI": [tasks[task]["low"], tasks[task]["high"]] for task in TASKS},
+    CORRECT: {task: tasks[task]["correct"] for task in TASKS},
   }
   best = os.path.join(directory, "best_metric.json")
   record["best step"] = study_report.read_json(best)["step"] if os.path.exists(best) else None
@@ -197,30 +200,13 @@ def markdown(table) -> str:
   return "\n".join(lines)
 
 
-def _paired_directories(root, study_archive, seed, budgets=BUDGETS):
-  """``[(tokens, label, {objective: directory})]``: each budget's points for ``seed``, then
-  the study's WikiText-2 points for the same seed."""
-  rows = [
-    (
-      budget,
-      f"{budget:,}",
-      {o: study_grid.run_dir(root, group(budget), o, seed) for o in OBJECTIVES},
-    )
-    for budget in budgets
-  ]
-  study_points = {o: study_grid.run_dir(study_archive, CORPUS, o, seed) for o in OBJECTIVES}
-  rows.append((STUDY_TOKENS, f"{STUDY_TOKENS:,} (study)", study_points))
-  return sorted(rows, key=lambda row: row[0])
-
-
-def paired_report(
-  root, study_archive=STUDY_ARCHIVE, seed=0, baseline="mle", other="emo", budgets=BUDGETS
-):
-  """``other`` against ``baseline`` at each budget where both finished, on one seed: the
-  differences of test perplexity and MAUVE, and for each few-shot task the accuracy
-  difference with an exact McNemar test on the same queries (study_report's few-shot test).
-  One seed: a difference in perplexity or MAUVE has no test here, and the McNemar test
-  speaks to these two models, not to the objectives' spread over seeds."""
+def paired_report(table, seed=0, baseline="mle", other="emo") -> str:
+  """``other`` against ``baseline`` on one seed at each budget of :func:`collect`'s ``table``
+  where both finished (then the study's points, ``<objective> (study)``): the differences of
+  test perplexity and MAUVE, and for each few-shot task the accuracy difference with an exact
+  McNemar test on the same queries (study_report's few-shot test). One seed: a difference in
+  perplexity or MAUVE has no test here, and the McNemar test speaks to these two models, not
+  to the objectives' spread over seeds."""
   from emo_jax import fewshot  # Loads jax: only here, as study_report does.
 
   lines = [
@@ -234,30 +220,23 @@ def paired_report(
     + " |",
     "|---|---:|---:|" + "---|" * len(TASKS),
   ]
-  for _, label, directories in _paired_directories(root, study_archive, seed, budgets):
-    paths = {
-      objective: {
-        name: os.path.join(directory, name) for name in ("eval.json", study_grid.FEWSHOT_FILE)
-      }
-      for objective, directory in directories.items()
-      if objective in (baseline, other)
-    }
-    if not all(os.path.exists(p) for files in paths.values() for p in files.values()):
+  pairs = [
+    (tokens, f"{tokens:,}{suffix}", table[baseline + suffix][tokens].get(seed), by_seed.get(seed))
+    for suffix in ("", " (study)")
+    for tokens, by_seed in table.get(other + suffix, {}).items()
+    if tokens in table.get(baseline + suffix, {})
+  ]
+  for _, label, theirs, ours in sorted(pairs, key=lambda pair: pair[0]):
+    if theirs is None or ours is None:
       continue
-    evaluations = {o: study_report.read_json(files["eval.json"]) for o, files in paths.items()}
-    tasks = {
-      o: study_report.read_json(files[study_grid.FEWSHOT_FILE])[o]["tasks"]
-      for o, files in paths.items()
-    }
     cells = [
-      f"{evaluations[other]['perplexity'] - evaluations[baseline]['perplexity']:+.2f}",
-      f"{evaluations[other]['mauve']['mean'] - evaluations[baseline]['mauve']['mean']:+.3f}",
+      f"{ours['perplexity'] - theirs['perplexity']:+.2f}",
+      f"{ours['MAUVE'] - theirs['MAUVE']:+.3f}",
     ]
     for task in TASKS:
-      ours, theirs = tasks[other][task], tasks[baseline][task]
-      paired = fewshot.mcnemar(ours["correct"], theirs["correct"])
+      paired = fewshot.mcnemar(ours[CORRECT][task], theirs[CORRECT][task])
       cells.append(
-        f"{ours['accuracy'] - theirs['accuracy']:+.3f} (+{paired['a_only']} / "
+        f"{ours[task] - theirs[task]:+.3f} (+{paired['a_only']} / "
         f"-{paired['b_only']}, {study_report.format_p_value(paired['p_value'])})"
       )
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -358,13 +337,7 @@ def main(argv=None):
   table = collect(
     args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive
   )
-  text = (
-    markdown(table)
-    + "\n\n"
-    + paired_report(
-      args.root or args.archive, args.study_archive, seed=min(args.seeds), budgets=args.budgets
-    )
-  )
+  text = markdown(table) + "\n\n" + paired_report(table, seed=min(args.seeds))
   if args.figure:
     path = plot(table, args.figure)
     # In the updated file the link is relative to it, as the study report's figures are.
@@ -378,7 +351,8 @@ def main(argv=None):
   if args.summary:
     serialisable = {
       objective: {
-        str(t): {str(s): r for s, r in by_seed.items()} for t, by_seed in by_tokens.items()
+        str(t): {str(s): {k: v for k, v in r.items() if k != CORRECT} for s, r in by_seed.items()}
+        for t, by_seed in by_tokens.items()
       }
       for objective, by_tokens in table.items()
     }

@@ -1103,6 +1103,7 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   assert summary["emo"]["25000"]["0"]["ag_news"] == pytest.approx(0.5)
   assert summary["emo"]["25000"]["0"]["ag_news 95% CI"] == pytest.approx([0.3, 0.9])
   assert "240000" not in summary["mle"]  # Unfinished points are absent, not zero.
+  assert "correct" not in summary["emo"]["25000"]["0"]  # Per-query outcomes stay in the archive.
 
 
 @pytest.mark.parametrize("optimum", [0.93, 1.0, 1.17, 1.62])
