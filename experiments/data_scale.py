@@ -10,7 +10,8 @@ like one (test perplexity on 64 blocks, MAUVE of 500 samples, mean DEMD) and sco
 and the study's own WikiText-2 points (60 steps = 122,880 tokens drawn from the whole split:
 one pass, but not one of the nested subsets) from ``experiments/results/smollm2``, and pairs
 EMO with MLE budget by budget (:func:`paired_report`: differences, McNemar on the few-shot
-queries).
+queries) and lists the share of few-shot queries each model gives each label
+(:func:`label_shares_report`, gold labels from the data folder).
 
     EMO_JAX_DATA=../shared/data python experiments/data_scale.py run    # resumable, archives
     python experiments/data_scale.py report --figure experiments/figures/smollm2/data_scale.png \\
@@ -51,7 +52,9 @@ DEFAULT_ROOT = os.path.join(study_grid.REPO, "workdirs", "smollm2_data_scale")
 DEFAULT_ARCHIVE = os.path.join(study_grid.REPO, "experiments", "results", "smollm2_data_scale")
 STUDY_ARCHIVE = os.path.join(study_grid.REPO, "experiments", "results", "smollm2")
 TASKS = ("ag_news", "sst2")
-CORRECT = "correct"  # A record's per-query few-shot outcomes: the paired test's input.
+# A record's per-query few-shot outcomes, ``{task: {"correct": [bool], "predictions": [label]}}``:
+# the paired test's and the label shares' input, kept out of the summary JSON.
+PER_QUERY = "per query"
 
 
 def _study_config():
@@ -129,9 +132,8 @@ def run(root, archive, budgets, objectives, seeds, extra=(), prune_checkpoints=F
 
 def _point_record(directory, objective):
   """``{perplexity, MAUVE, mean DEMD, best step, <task>: accuracy, <task> 95% CI: [low,
-  high], correct: {<task>: [bool per query]}}`` of a finished point's files (the interval:
-  Wilson's, over the task's queries; ``correct`` feeds the paired test and stays out of the
-  summary JSON); None until its evaluation and few-shot scores exist."""
+  high], <PER_QUERY>}`` of a finished point's files (the interval: Wilson's, over the task's
+  queries); None until its evaluation and few-shot scores exist."""
   paths = {name: os.path.join(directory, name) for name in ("eval.json", study_grid.FEWSHOT_FILE)}
   if not all(os.path.exists(path) for path in paths.values()):
     return None
@@ -143,7 +145,9 @@ def _point_record(directory, objective):
     "mean DEMD": evaluation["mean_demd"],
     **{task: tasks[task]["accuracy"] for task in TASKS},
     **{f"{task} 95% CI": [tasks[task]["low"], tasks[task]["high"]] for task in TASKS},
-    CORRECT: {task: tasks[task]["correct"] for task in TASKS},
+    PER_QUERY: {
+      task: {key: tasks[task][key] for key in ("correct", "predictions")} for task in TASKS
+    },
   }
   best = os.path.join(directory, "best_metric.json")
   record["best step"] = study_report.read_json(best)["step"] if os.path.exists(best) else None
@@ -234,12 +238,74 @@ def paired_report(table, seed=0, baseline="mle", other="emo") -> str:
       f"{ours['MAUVE'] - theirs['MAUVE']:+.3f}",
     ]
     for task in TASKS:
-      paired = fewshot.mcnemar(ours[CORRECT][task], theirs[CORRECT][task])
+      paired = fewshot.mcnemar(ours[PER_QUERY][task]["correct"], theirs[PER_QUERY][task]["correct"])
       cells.append(
         f"{ours[task] - theirs[task]:+.3f} (+{paired['a_only']} / "
         f"-{paired['b_only']}, {study_report.format_p_value(paired['p_value'])})"
       )
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def gold_labels(manual_dir=None) -> dict[str, list[int]]:
+  """``{task: [gold label of each test query]}``, read from the data folder as
+  ``experiments/fewshot.py`` read the queries (all of them, in order)."""
+  from emo_jax import fewshot  # Loads jax: only here, as study_report does.
+
+  return {
+    task: [label for _, label in fewshot.load_task(task, manual_dir=manual_dir).queries]
+    for task in TASKS
+  }
+
+
+def _shares(labels, count: int) -> list[float]:
+  return list(np.bincount(np.asarray(labels, dtype=int), minlength=count) / len(labels))
+
+
+def label_shares_report(table, seed=0, gold=None) -> str:
+  """The share of each task's queries that each point (seed ``seed``; the base) assigns to
+  each label, under the gold labels' shares when ``gold`` (:func:`gold_labels`) is given: a
+  falling accuracy that comes with one label taking most queries is a shift of the label
+  prior that the perplexity-scored prompt sees, not only a loss of the task. Each point's
+  right answers are checked against ``gold`` (the same queries, in the same order)."""
+  from emo_jax import fewshot  # Loads jax: only here, as study_report does.
+
+  words = {task: fewshot.TASKS[task].label_words for task in TASKS}
+  lines = [
+    f"Share of the few-shot queries given each label (seed {seed}"
+    + ("; the gold labels' first):" if gold is not None else "):"),
+    "",
+    "| model | training tokens | "
+    + " | ".join(f"{task}: {' / '.join(words[task])}" for task in TASKS)
+    + " |",
+    "|---|---:|" + "---|" * len(TASKS),
+  ]
+
+  def cells(labels):
+    return " | ".join(
+      " / ".join(f"{share:.2f}" for share in _shares(labels[task], len(words[task])))
+      for task in TASKS
+    )
+
+  if gold is not None:
+    lines.append(f"| gold | — | {cells(gold)} |")
+  for objective, by_tokens in table.items():
+    for tokens, by_seed in sorted(by_tokens.items()):
+      record = by_seed.get(0 if objective == study_grid.BASE else seed)
+      if record is None:
+        continue
+      predictions = {task: record[PER_QUERY][task]["predictions"] for task in TASKS}
+      for task in TASKS if gold is not None else ():
+        outcomes = [p == g for p, g in zip(predictions[task], gold[task], strict=False)]
+        if len(predictions[task]) != len(gold[task]) or (
+          outcomes != record[PER_QUERY][task]["correct"]
+        ):
+          raise ValueError(
+            f"{objective} at {tokens} tokens: its {task} outcomes do not match the gold "
+            f"labels read from the data ({len(predictions[task])} predictions, "
+            f"{len(gold[task])} queries): not the queries it was scored on."
+          )
+      lines.append(f"| {objective} | {tokens:,} | {cells(predictions)} |")
   return "\n".join(lines)
 
 
@@ -312,6 +378,9 @@ def main(argv=None):
   parser.add_argument(
     "--study_archive", default=STUDY_ARCHIVE, help="report: the base's and study's rows"
   )
+  parser.add_argument(
+    "--data_dir", help="report: the data folder for the few-shot gold labels (EMO_JAX_DATA)"
+  )
   parser.add_argument("--figure", help="report: write the curves to this PNG")
   parser.add_argument("--summary", help="report: write the table as JSON")
   parser.add_argument(
@@ -337,7 +406,22 @@ def main(argv=None):
   table = collect(
     args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive
   )
-  text = markdown(table) + "\n\n" + paired_report(table, seed=min(args.seeds))
+  try:
+    gold = gold_labels(args.data_dir)
+  except FileNotFoundError as error:  # The report still stands without the gold row.
+    gold = None
+    print(f"gold labels left out of the label shares: {error}", file=sys.stderr)
+  text = "\n\n".join(
+    [
+      markdown(table),
+      paired_report(table, seed=min(args.seeds)),
+      label_shares_report(table, seed=min(args.seeds), gold=gold),
+      "Wall-clock of each stage (`cores`: CPU cores the command could use):\n\n"
+      + study_report.timings_report(
+        args.root or args.archive, {group(b): list(args.objectives) for b in args.budgets}
+      ),
+    ]
+  )
   if args.figure:
     path = plot(table, args.figure)
     # In the updated file the link is relative to it, as the study report's figures are.
@@ -351,7 +435,7 @@ def main(argv=None):
   if args.summary:
     serialisable = {
       objective: {
-        str(t): {str(s): {k: v for k, v in r.items() if k != CORRECT} for s, r in by_seed.items()}
+        str(t): {str(s): {k: v for k, v in r.items() if k != PER_QUERY} for s, r in by_seed.items()}
         for t, by_seed in by_tokens.items()
       }
       for objective, by_tokens in table.items()

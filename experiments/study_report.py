@@ -470,11 +470,13 @@ def read_timings(root):
   ``cores`` is how many CPU cores the command could use (``taskset`` narrows it; records
   written before it was logged ran unpinned on the 2-core study machine). A command that was
   interrupted and resumed counts every invocation since the marker's previous finished
-  record (a command rerun after its marker was deleted counts from scratch). The base
-  model's key is ``("base", "", "", cores)``.
+  record (a command rerun after its marker was deleted counts from scratch); when those
+  invocations had different cores, ``cores`` names them all (``"1+2"``), as their seconds do
+  not belong to either count. The base model's key is ``("base", "", "", cores)``.
   """
   timings = {}
-  latest, pending = {}, {}  # marker -> its last finished record; unfinished seconds since.
+  # marker -> its last finished record; the unfinished invocations' seconds and cores since.
+  latest, pending = {}, {}
   # The live root's log, then the archived points' own logs (markers relative to the root).
   paths = [os.path.join(root, "timings.jsonl")]
   paths += sorted(glob.glob(os.path.join(root, "*", "*", "seed*", "timings.jsonl")))
@@ -483,13 +485,19 @@ def read_timings(root):
       for line in f:
         record = json.loads(line)
         marker = os.path.normpath(os.path.join(root, record["marker"]))
+        seconds, cores = pending.pop(marker, (0.0, set()))
+        seconds, cores = (
+          seconds + record["seconds"],
+          cores | {record.get("cores", UNRECORDED_CORES)},
+        )
         if record.get("finished", True):
-          latest[marker] = {**record, "seconds": pending.pop(marker, 0.0) + record["seconds"]}
+          latest[marker] = {**record, "seconds": seconds, "cores": cores}
         else:
-          pending[marker] = pending.get(marker, 0.0) + record["seconds"]
+          pending[marker] = (seconds, cores)
   for marker, record in latest.items():
     marker = os.path.relpath(marker, root).split(os.sep)
-    cores = record.get("cores", UNRECORDED_CORES)
+    cores = record["cores"]
+    cores = cores.pop() if len(cores) == 1 else "+".join(map(str, sorted(cores)))
     if marker[0] == "base":
       key, seed = ("base", "", "", cores), 0
     else:
@@ -527,7 +535,7 @@ def timings_report(root, table) -> str:
     ("| stage | corpus | objective | cores | runs | minutes per run | s per optimizer step |"),
     "|---|---|---|---:|---:|---:|---:|",
   ]
-  for (stage, _, _, cores), runs in sorted(timings.items()):
+  for (stage, _, _, cores), runs in sorted(timings.items(), key=lambda item: str(item[0])):
     if stage == "base":
       minutes = sum(runs.values()) / 60
       lines.append(f"| base | wikitext2+ptb | mle | {cores} | 1 | {minutes:.1f} | |")
@@ -536,7 +544,9 @@ def timings_report(root, table) -> str:
       stages = ["finetune", "eval"]
       stages += sorted({k[0] for k in timings if k[1:3] == (corpus, objective)} - set(stages))
       for stage in stages:
-        for cores in sorted({k[3] for k in timings if k[:3] == (stage, corpus, objective)}):
+        for cores in sorted(
+          {k[3] for k in timings if k[:3] == (stage, corpus, objective)}, key=str
+        ):
           runs = timings[(stage, corpus, objective, cores)]
           per_step = (
             step_seconds(root, corpus, objective, seeds=sorted(runs))

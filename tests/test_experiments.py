@@ -468,6 +468,21 @@ def test_an_interrupted_point_counts_every_invocation(tmp_path):
   ] == {0: 5.0}
 
 
+def test_read_timings_names_every_core_count_of_a_resumed_command(tmp_path):
+  marker = study_grid.run_dir(str(tmp_path), "tokens100000", "mle", 0) + "/results.json"
+  records = [
+    {"marker": marker, "seconds": 60.0, "cores": 2, "finished": False},
+    {"marker": marker, "seconds": 30.0, "cores": 1, "finished": False},
+    {"marker": marker, "seconds": 10.0, "cores": 2},
+  ]
+  with open(tmp_path / "timings.jsonl", "w") as f:
+    f.writelines(json.dumps(record) + "\n" for record in records)
+  key = ("finetune", "tokens100000", "mle", "1+2")
+  assert study_report.read_timings(str(tmp_path)) == {key: {0: 100.0}}
+  report = study_report.timings_report(str(tmp_path), {"tokens100000": {"mle": {}}})
+  assert "| finetune | tokens100000 | mle | 1+2 | 1 | 1.7 |" in report
+
+
 @pytest.mark.slow
 def test_study_v2_point_evaluations_cover_the_issues_models(tmp_path):
   root = str(tmp_path)
@@ -1053,6 +1068,8 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
       "ag_news": {"accuracy": agnews, "correct": correct, "low": agnews - 0.2, "high": 0.9},
       "sst2": {"accuracy": 0.7, "correct": [True] * 7 + [False] * 3, "low": 0.4, "high": 0.9},
     }
+    tasks["ag_news"]["predictions"] = [2] * 10
+    tasks["sst2"]["predictions"] = [1] * 8 + [0] * 2
     _write_json(os.path.join(directory, "fewshot.json"), {objective: {"tasks": tasks}})
 
   for objective, offset in (("mle", 0.0), ("emo", 1.0)):
@@ -1082,9 +1099,12 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
       str(tmp_path / "scale.json"),
       "--update",
       str(results),
+      "--data_dir",
+      str(tmp_path / "no_data"),  # No gold labels: the shares are listed without them.
     ]
   )
-  printed = capsys.readouterr().out
+  captured = capsys.readouterr()
+  printed = captured.out
   updated = results.read_text()
   assert updated.startswith("kept\n") and "old" not in updated
   assert "| emo | 100,000 | 1 | 12 | 26.00 |" in updated and "](scale.png)" in updated
@@ -1098,12 +1118,46 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   )
   assert "| 100,000 | +1.00 |" in printed and "240,000" not in printed
   assert "| 122,880 (study) | +1.00 | +0.000 | +0.000 (+0 / -0, p=1.000) |" in printed
+  assert "| emo | 25,000 | 0.00 / 0.00 / 1.00 / 0.00 | 0.20 / 0.80 |" in printed
+  assert "| gold |" not in printed and "gold labels left out" in captured.err
+  assert "Wall-clock of each stage" in printed  # No timings.jsonl here: the header alone.
   assert (tmp_path / "scale.png").stat().st_size > 10_000
   summary = json.load(open(tmp_path / "scale.json"))
   assert summary["emo"]["25000"]["0"]["ag_news"] == pytest.approx(0.5)
   assert summary["emo"]["25000"]["0"]["ag_news 95% CI"] == pytest.approx([0.3, 0.9])
   assert "240000" not in summary["mle"]  # Unfinished points are absent, not zero.
-  assert "correct" not in summary["emo"]["25000"]["0"]  # Per-query outcomes stay in the archive.
+  assert data_scale.PER_QUERY not in summary["emo"]["25000"]["0"]  # They stay in the archive.
+
+
+@pytest.mark.parametrize(
+  "gold_sst2, error",
+  [
+    ([1, 1, 0, 0], None),
+    ([1, 1, 0, 1], "sst2 outcomes do not match"),  # An outcome the gold label contradicts.
+    ([1, 1, 0], "3 queries"),  # Fewer queries than the point was scored on.
+  ],
+)
+def test_data_scale_label_shares_check_the_gold_labels(gold_sst2, error):
+  import data_scale
+
+  def per_query(predictions, gold):
+    return {"predictions": predictions, "correct": [p == g for p, g in zip(predictions, gold)]}
+
+  gold = {"ag_news": [0, 1, 2, 3], "sst2": [1, 1, 0, 0]}
+  record = {
+    data_scale.PER_QUERY: {
+      "ag_news": per_query([2, 2, 2, 3], gold["ag_news"]),
+      "sst2": per_query([1, 1, 1, 1], gold["sst2"]),
+    }
+  }
+  table = {"emo": {25_000: {0: record}}}
+  if error:
+    with pytest.raises(ValueError, match=error):
+      data_scale.label_shares_report(table, gold={**gold, "sst2": gold_sst2})
+    return
+  report = data_scale.label_shares_report(table, gold=gold)
+  assert "| gold | — | 0.25 / 0.25 / 0.25 / 0.25 | 0.50 / 0.50 |" in report
+  assert "| emo | 25,000 | 0.00 / 0.00 / 0.75 / 0.25 | 0.00 / 1.00 |" in report
 
 
 @pytest.mark.parametrize("optimum", [0.93, 1.0, 1.17, 1.62])
