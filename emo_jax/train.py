@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from emo_jax import (
   checkpointing,
@@ -366,18 +367,36 @@ BASE_FILE = "base.json"
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step (then saves and exits)."""
+  """SIGTERM: save the current step and exit -- at the same step on every process.
+
+  One process: a handler sets a flag that :meth:`reached` returns after each step. Several
+  processes: SIGTERM may reach them at different steps, or only some of them, and saving a
+  checkpoint is collective, so a process that stopped alone would wait in the save forever.
+  ``jax.distributed.initialize`` installs JAX's preemption sync manager, which takes SIGTERM,
+  tells every process, and names the first step all of them can still reach; no Python
+  handler is installed then (it would take the signal from the manager).
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._requested = False
+    self._multi_process = jax.process_count() > 1
+    if not self._multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to save ``step`` and stop; call once after every step (the sync manager
+    counts on it)."""
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multi_process:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -531,6 +550,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, metrics = steps[phase](state, sharding.global_batch(mesh, batch, batch_axis=1))
       step += 1
       metrics = jax.device_get(metrics)
+      preempted = preemption.reached(step)
       if not metrics["finite"]:
         if config.train.nan_policy == "stop":
           raise FloatingPointError(
@@ -571,10 +591,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointing.write_json_atomically(
               os.path.join(workdir, BEST_METRIC_FILE), best_metrics
             )
-      if step % config.train.save_every == 0 or step == total_steps or preemption.requested:
+      if step % config.train.save_every == 0 or step == total_steps or preempted:
         checkpointer.save(step, state, {"train": data.train.get_state()})
       last_time += time.time() - paused_at
-      if preemption.requested:
+      if preempted:
         logging.warning(
           "SIGTERM: saved step %d to %s; exiting.", step, checkpointer.describe_latest()
         )

@@ -559,48 +559,57 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
   )
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
-  """2 processes x 2 CPU devices (jax.distributed, Gloo) == 1 process x 4 devices."""
-
-  def launch(workdir, process_id=None, port=None):
-    command = [
-      sys.executable,
-      os.path.join(REPO, "main.py"),
-      "--config",
-      SMOKE_CONFIG,
-      "--workdir",
-      str(workdir),
-      "--config.train.num_steps=6",
-      "--config.train.num_samples=0",
-      "--config.train.export_hf=False",
+def launch_main(workdir, *extra, process_id=None, port=None):
+  """``main.py`` on the smoke config, running: one process of 4 CPU devices, or with
+  ``process_id`` one of two processes of 2 devices each (jax.distributed, Gloo)."""
+  command = [
+    sys.executable,
+    os.path.join(REPO, "main.py"),
+    "--config",
+    SMOKE_CONFIG,
+    "--workdir",
+    str(workdir),
+    *extra,
+  ]
+  devices = 4
+  if process_id is not None:
+    devices = 2
+    command += [
+      "--config.distributed.enabled=True",
+      f"--config.distributed.coordinator_address=localhost:{port}",
+      "--config.distributed.num_processes=2",
+      f"--config.distributed.process_id={process_id}",
     ]
-    devices = 4
-    if process_id is not None:
-      devices = 2
-      command += [
-        "--config.distributed.enabled=True",
-        f"--config.distributed.coordinator_address=localhost:{port}",
-        "--config.distributed.num_processes=2",
-        f"--config.distributed.process_id={process_id}",
-      ]
-    env = {
-      **os.environ,
-      "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-      + f" --xla_force_host_platform_device_count={devices}",
-    }
-    return subprocess.Popen(
-      command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={devices}",
+  }
+  return subprocess.Popen(
+    command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
 
+
+def free_port() -> int:
   import socket
 
   with socket.socket() as s:
     s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  procs = [launch(tmp_path / "multi", i, port) for i in range(2)]
-  procs.append(launch(tmp_path / "single"))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+  """2 processes x 2 CPU devices (jax.distributed, Gloo) == 1 process x 4 devices."""
+  flags = (
+    "--config.train.num_steps=6",
+    "--config.train.num_samples=0",
+    "--config.train.export_hf=False",
+  )
+  port = free_port()
+  procs = [launch_main(tmp_path / "multi", *flags, process_id=i, port=port) for i in range(2)]
+  procs.append(launch_main(tmp_path / "single", *flags))
   for proc in procs:
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
@@ -616,3 +625,44 @@ def test_two_processes_equal_one_process(tmp_path):
   # Only process 0 writes logs: one record per step, not two.
   assert sum("train/loss" in r for r in eval_multi) == 6
   np.testing.assert_allclose(ppl(eval_multi), ppl(eval_single), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+  """Saving is collective: a process that stopped on its own would wait in the save for
+  ever. SIGTERM to one of two processes stops both at one step, saved; both resume."""
+  flags = (
+    "--config.train.num_steps=30",
+    "--config.train.eval_every=10",
+    "--config.loss.mle_warmup_steps=5",
+    "--config.train.num_samples=0",
+    "--config.train.export_hf=False",
+  )
+  port = free_port()
+  procs = [launch_main(tmp_path, *flags, process_id=i, port=port) for i in range(2)]
+  deadline = time.time() + 300
+  while time.time() < deadline and procs[1].poll() is None:
+    if (tmp_path / "metrics.jsonl").exists() and max(losses_by_step(tmp_path) or [0]) >= 8:
+      break
+    time.sleep(0.02)
+  procs[1].send_signal(signal.SIGTERM)  # Process 0 never gets it.
+  outputs = []
+  for proc in procs:
+    try:
+      outputs.append(proc.communicate(timeout=240)[0])
+    except subprocess.TimeoutExpired:
+      for other in procs:
+        other.kill()
+      pytest.fail("a process did not stop after SIGTERM reached the other one")
+  for proc, output in zip(procs, outputs, strict=True):
+    assert proc.returncode == train.PREEMPTED_EXIT_CODE, output[-3000:]
+  last = max(losses_by_step(tmp_path))
+  assert 8 <= last < 30, "the run was not stopped mid-run"
+  assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == last
+  port = free_port()
+  procs = [launch_main(tmp_path, *flags, process_id=i, port=port) for i in range(2)]
+  for proc in procs:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+  assert sorted(losses_by_step(tmp_path)) == list(range(1, 31))
+  assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == 30
