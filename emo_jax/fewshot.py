@@ -20,6 +20,13 @@ of that cache. The result equals scoring every ``prefix + query + label`` sequen
 
 Accuracy is reported with a Wilson 95% interval and two models are compared on the same
 queries with an exact McNemar test (``scipy.stats.binomtest`` on the discordant pairs).
+
+Beside that score (the protocol's), :func:`evaluate_task` reports a contextually calibrated
+one (Zhao et al. 2021, "Calibrate Before Use"): the same prompt with content-free queries
+(:data:`CONTENT_FREE`) measures the label prior the prompt and model carry, and each query's
+label probabilities are divided by it (:func:`calibrated_predictions`). A model whose
+accuracy falls because one label takes most queries gets much of it back; one that lost the
+task does not.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ TASKS = {
   ),
 }
 SEPARATOR = "\n\n"
+# Zhao et al. (2021)'s content-free inputs: the label prior is their mean label distribution.
+CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 def choose_demonstrations(
@@ -366,26 +375,60 @@ def load_task(
   )
 
 
+def calibrated_predictions(losses, content_free_losses) -> np.ndarray:
+  """``[N]`` contextually calibrated predictions (Zhao et al. 2021, their ``W =
+  diag(p_cf)^-1``, ``b = 0``).
+
+  A label's probability is ``exp(-loss)`` normalised over the labels; ``p_cf`` is the mean of
+  those distributions over the content-free queries, and the prediction is
+  ``argmax_l p(l | x) / p_cf(l)``.
+
+  Args:
+    losses: ``[N, L]`` label losses of the queries (:func:`classify`).
+    content_free_losses: ``[C, L]`` label losses of the content-free queries, same prompt.
+  """
+  losses, content_free_losses = np.asarray(losses), np.asarray(content_free_losses)
+  if losses.shape[1:] != content_free_losses.shape[1:] or content_free_losses.ndim != 2:
+    raise ValueError(
+      f"label losses {losses.shape} and content-free losses {content_free_losses.shape} "
+      "need the same labels."
+    )
+  log_prior = np.log(np.mean(_softmax(-content_free_losses), axis=0))  # [L]
+  return np.argmax(-losses - log_prior, axis=1)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+  shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+  return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def evaluate_task(model, params, tokenizer, data: TaskData, batch_size: int = 8) -> dict:
-  """Accuracy of one model on one task with its interval, the per-query predictions and
-  correctness (for paired tests) and the demonstrations used."""
+  """Accuracy of one model on one task with its interval, the per-query predictions,
+  correctness (for paired tests) and label losses, the demonstrations used, and the same
+  for the contextually calibrated predictions (``calibrated``, with the content-free
+  queries' label losses)."""
+  queries = [q for q, _ in data.queries] + list(CONTENT_FREE)
   losses = classify(
-    model,
-    params,
-    tokenizer,
-    data.task,
-    data.demonstrations,
-    [q for q, _ in data.queries],
-    batch_size,
-  )
+    model, params, tokenizer, data.task, data.demonstrations, queries, batch_size
+  )  # [N + C, L]
+  losses, content_free_losses = losses[: len(data.queries)], losses[len(data.queries) :]
+  gold = np.array([label for _, label in data.queries])
   predictions = losses.argmin(axis=1)
-  correct = predictions == np.array([label for _, label in data.queries])
+  calibrated = calibrated_predictions(losses, content_free_losses)
   return {
     "task": data.task.name,
     "k": data.k,
     "demonstration_seed": data.demonstration_seed,
-    **accuracy_with_interval(correct),
+    **accuracy_with_interval(predictions == gold),
     "predictions": predictions.tolist(),
-    "correct": correct.tolist(),
+    "correct": (predictions == gold).tolist(),
+    "losses": losses.tolist(),
+    "calibrated": {
+      **accuracy_with_interval(calibrated == gold),
+      "predictions": calibrated.tolist(),
+      "correct": (calibrated == gold).tolist(),
+      "content_free": list(CONTENT_FREE),
+      "content_free_losses": content_free_losses.tolist(),
+    },
     "demonstrations": data.demonstrations,
   }

@@ -6,7 +6,8 @@
 Each ``--model NAME=SOURCE`` (any model source: a packaged name, a .gguf, an HF directory,
 e.g. a run's ``hf_export``) is scored on every task with the same demonstrations; the table
 gives accuracy with its Wilson 95% interval and, for every model after the first, an exact
-McNemar test against the first on the same queries. The JSON holds every prediction, so
+McNemar test against the first on the same queries; a second table does the same for the
+contextually calibrated predictions (``emo_jax.fewshot``). The JSON holds every prediction, so
 paired tests across any two models can be redone later. A model already in ``--out`` with the
 same source and settings (k, demonstration seed, query cap) is not scored again (the file is
 rewritten atomically after each model).
@@ -33,7 +34,14 @@ def parse_model(spec: str) -> tuple[str, str]:
   return name, source
 
 
-def table(results: dict, baseline: str) -> str:
+def table(results: dict, baseline: str, calibrated: bool = False) -> str:
+  """Accuracy per model and task with its interval and McNemar against ``baseline``; with
+  ``calibrated``, of the contextually calibrated predictions."""
+
+  def scores(model, task):
+    result = model["tasks"][task]
+    return result["calibrated"] if calibrated else result
+
   tasks = sorted({task for model in results.values() for task in model["tasks"]})
   lines = [
     "| model | " + " | ".join(f"{t} acc. [95% CI] | vs {baseline} (p)" for t in tasks) + " |",
@@ -42,12 +50,12 @@ def table(results: dict, baseline: str) -> str:
   for name, model in results.items():
     cells = []
     for task in tasks:
-      result = model["tasks"][task]
+      result = scores(model, task)
       cells.append(f"{result['accuracy']:.3f} [{result['low']:.3f}, {result['high']:.3f}]")
       if name == baseline or task not in results[baseline]["tasks"]:
         cells.append("—")
       else:
-        test = fewshot.mcnemar(result["correct"], results[baseline]["tasks"][task]["correct"])
+        test = fewshot.mcnemar(result["correct"], scores(results[baseline], task)["correct"])
         cells.append(f"+{test['a_only']} / -{test['b_only']} ({test['p_value']:.3f})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -91,6 +99,8 @@ def main(argv=None):
       stored.get("source") == source
       and stored.get("settings") == settings
       and set(tasks) <= set(stored.get("tasks", {}))
+      # Scored before calibration was reported: scored again.
+      and all("calibrated" in stored["tasks"][task] for task in tasks)
     ):
       continue
     model, params = models.from_pretrained(source)
@@ -113,7 +123,10 @@ def main(argv=None):
       )
     results[name] = entry
     checkpointing.write_json_atomically(args.out, results)
-  print(table({name: results[name] for name, _ in args.model}, args.model[0][0]))
+  scored = {name: results[name] for name, _ in args.model}
+  print(table(scored, args.model[0][0]))
+  print("\nContextually calibrated (Zhao et al. 2021; emo_jax.fewshot.calibrated_predictions):\n")
+  print(table(scored, args.model[0][0], calibrated=True))
   return results
 
 

@@ -1427,7 +1427,9 @@ def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys)
   assert (
     results["a"]["tasks"]["sst2"]["predictions"] == results["b"]["tasks"]["sst2"]["predictions"]
   )
-  assert "+0 / -0 (1.000)" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "+0 / -0 (1.000)" in printed and "Contextually calibrated" in printed
+  assert results["a"]["tasks"]["sst2"]["calibrated"]["n"] == 6
   assert json.load(open(out)) == json.loads(json.dumps(results))
 
   def must_not_load(*args, **kwargs):
@@ -1442,6 +1444,21 @@ def test_fewshot_driver_scores_tables_and_resumes(tmp_path, monkeypatch, capsys)
   )
   assert rescored["a"]["settings"]["max_queries"] == 4
   assert all(rescored[m]["tasks"][t]["n"] == 4 for m in "ab" for t in ("ag_news", "sst2"))
+  # Scores stored before calibration was reported are scored again.
+  stored = json.load(open(out))
+  del stored["a"]["tasks"]["sst2"]["calibrated"]
+  with open(out, "w") as f:
+    json.dump(stored, f)
+  loaded = []
+  real_from_pretrained = fewshot_driver.models.from_pretrained
+  with monkeypatch.context() as patch:
+    patch.setattr(
+      fewshot_driver.models,
+      "from_pretrained",
+      lambda source: loaded.append(source) or real_from_pretrained(source),
+    )
+    rescored = fewshot_driver.main([*argv[:4], "--k", "2", "--max_queries", "4", "--out", out])
+  assert len(loaded) == 1 and "calibrated" in rescored["a"]["tasks"]["sst2"]
 
 
 def _step_batch(batch, length, vocab, seed=0):

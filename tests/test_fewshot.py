@@ -138,3 +138,40 @@ def test_evaluate_task_on_real_queries(data_dir):
   labels = [label for _, label in corpora.ag_news_examples("test", data_dir)[:12]]
   assert result["correct"] == [p == t for p, t in zip(result["predictions"], labels)]
   assert 0.0 <= result["low"] <= result["accuracy"] <= result["high"] <= 1.0
+  losses = np.asarray(result["losses"])  # [12, 4]
+  assert losses.shape == (12, 4) and (losses.argmin(axis=1) == result["predictions"]).all()
+  calibrated = result["calibrated"]
+  content_free = np.asarray(calibrated["content_free_losses"])  # [3, 4]
+  assert content_free.shape == (3, 4) and calibrated["content_free"] == list(fewshot.CONTENT_FREE)
+  assert calibrated["predictions"] == fewshot.calibrated_predictions(losses, content_free).tolist()
+  assert calibrated["correct"] == [p == t for p, t in zip(calibrated["predictions"], labels)]
+  assert calibrated["n"] == 12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_calibrated_predictions_follow_zhaos_affine_form(seed):
+  rng = np.random.default_rng(seed)
+  labels = 2 + seed
+  losses = rng.uniform(0.5, 4.0, (50, labels))
+  content_free = rng.uniform(0.5, 4.0, (3, labels))
+  # Zhao et al. (2021): q = softmax(W p + b), W = diag(p_cf)^-1, b = 0; p and p_cf the label
+  # distributions (probabilities exp(-loss) normalised), p_cf their mean over the
+  # content-free inputs. softmax keeps the argmax.
+  p = np.exp(-losses) / np.exp(-losses).sum(axis=1, keepdims=True)
+  cf = np.exp(-content_free) / np.exp(-content_free).sum(axis=1, keepdims=True)
+  weights = np.diag(1.0 / cf.mean(axis=0))
+  expected = np.argmax(p @ weights.T, axis=1)
+  np.testing.assert_array_equal(fewshot.calibrated_predictions(losses, content_free), expected)
+
+
+def test_calibration_removes_a_label_prior():
+  # Label 1 is favoured by 1 nat on every input, content-free ones included: uncalibrated,
+  # it wins every query; calibrated, each query's own evidence (0.5 nat) decides.
+  evidence = np.array([[0.0, 0.5], [0.5, 0.0], [0.0, 0.5]])  # Lower loss = the query's label.
+  bias = np.array([1.0, 0.0])
+  losses = evidence + bias
+  assert (losses.argmin(axis=1) == 1).all()
+  content_free = np.tile(bias, (3, 1))
+  np.testing.assert_array_equal(fewshot.calibrated_predictions(losses, content_free), [0, 1, 0])
+  with pytest.raises(ValueError, match="same labels"):
+    fewshot.calibrated_predictions(losses, content_free[:, :1])
