@@ -120,6 +120,104 @@ def point_commands(root, budget, objective, seed, extra=()):
   ]
 
 
+# The contextually calibrated few-shot scores of the points whose exported model was kept
+# (``calibrate``; points scored since calibration was added carry it in their own file).
+CALIBRATED_FILE = "fewshot_calibrated.json"
+
+
+def calibrated_name(objective: str, budget: int) -> str:
+  return f"{objective}_{budget // 1000}k"
+
+
+def calibrate_command(root, out, budgets, objectives, seed):
+  """``experiments/fewshot.py`` over the base and every point of ``seed`` whose ``hf_export``
+  is still in ``root`` (models named by :func:`calibrated_name`), and the points without one."""
+  command = [
+    sys.executable,
+    os.path.join(study_grid.REPO, "experiments", "fewshot.py"),
+    "--out",
+    out,
+    "--model",
+    f"{study_grid.BASE}={PRETRAINED}",
+  ]
+  missing = []
+  for budget in budgets:
+    for objective in objectives:
+      export = os.path.join(study_grid.run_dir(root, group(budget), objective, seed), "hf_export")
+      if os.path.isdir(export):
+        command += ["--model", f"{calibrated_name(objective, budget)}={export}"]
+      else:
+        missing.append(calibrated_name(objective, budget))
+  return command, missing
+
+
+def calibrated_report(path, table, budgets, objectives, seed=0, baseline="mle", other="emo"):
+  """Few-shot accuracy as scored (the protocol) and contextually calibrated, for the models
+  in ``path`` (:func:`calibrate_command`'s output), then ``other`` against ``baseline``
+  calibrated, per budget (McNemar). Each rescored model's uncalibrated predictions are
+  compared with its archived point's (``table``): the count of queries they agree on."""
+  from emo_jax import fewshot  # Loads jax: only here, as study_report does.
+
+  results = study_report.read_json(path)
+  models = [(study_grid.BASE, 0, study_grid.BASE)] + [
+    (calibrated_name(o, b), b, o) for b in budgets for o in objectives
+  ]
+  models = [m for m in models if m[0] in results]
+  lines = [
+    (
+      "Few-shot accuracy as scored and contextually calibrated (Zhao et al. 2021: label "
+      "probabilities divided by the prompt's prior, measured on content-free queries), for the "
+      f"models whose export was kept (seed {seed}); last column: queries on which the rescoring's "
+      "uncalibrated predictions equal the archived point's:"
+    ),
+    "",
+    "| model | training tokens | "
+    + " | ".join(f"{task} scored | {task} calibrated" for task in TASKS)
+    + " | same predictions |",
+    "|---|---:|" + "---:|---:|" * len(TASKS) + "---:|",
+  ]
+  for name, tokens, objective in models:
+    tasks = results[name]["tasks"]
+    cells = []
+    for task in TASKS:
+      cells += [f"{tasks[task]['accuracy']:.3f}", f"{tasks[task]['calibrated']['accuracy']:.3f}"]
+    record = table.get(objective, {}).get(tokens, {}).get(0 if tokens == 0 else seed)
+    agree = "—"
+    if record is not None:
+      same = [
+        np.sum(np.equal(tasks[t]["predictions"], record[PER_QUERY][t]["predictions"]))
+        for t in TASKS
+      ]
+      total = sum(len(record[PER_QUERY][t]["predictions"]) for t in TASKS)
+      agree = f"{sum(same)} / {total}"
+    lines.append(f"| {name} | {tokens:,} | " + " | ".join(cells) + f" | {agree} |")
+  lines += [
+    "",
+    (
+      f"Calibrated, {other} against {baseline} (accuracy difference, queries only {other} / only "
+      f"{baseline} gets right, exact McNemar p):"
+    ),
+    "",
+    "| training tokens | " + " | ".join(f"{task} {other} − {baseline}" for task in TASKS) + " |",
+    "|---:|" + "---|" * len(TASKS),
+  ]
+  for budget in budgets:
+    names = calibrated_name(other, budget), calibrated_name(baseline, budget)
+    if not all(name in results for name in names):
+      continue
+    ours, theirs = (results[name]["tasks"] for name in names)
+    cells = []
+    for task in TASKS:
+      a, b = ours[task]["calibrated"], theirs[task]["calibrated"]
+      paired = fewshot.mcnemar(a["correct"], b["correct"])
+      cells.append(
+        f"{a['accuracy'] - b['accuracy']:+.3f} (+{paired['a_only']} / -{paired['b_only']}, "
+        f"{study_report.format_p_value(paired['p_value'])})"
+      )
+    lines.append(f"| {budget:,} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def run(root, archive, budgets, objectives, seeds, extra=(), prune_checkpoints=False):
   """Every point trained, evaluated, scored and archived in a row (smallest budget first)."""
   for budget in budgets:
@@ -361,7 +459,7 @@ def plot(table, path) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("action", choices=["commands", "run", "report"])
+  parser.add_argument("action", choices=["commands", "run", "calibrate", "report"])
   parser.add_argument("--root", help=f"run: default {DEFAULT_ROOT}; report: default the archive")
   parser.add_argument("--archive", default=DEFAULT_ARCHIVE, help="run: where points are archived")
   parser.add_argument("--no_archive", action="store_true")
@@ -403,6 +501,21 @@ def main(argv=None):
     root = args.root or DEFAULT_ROOT
     run(root, archive, args.budgets, args.objectives, args.seeds, extra, args.prune_checkpoints)
     return
+  if args.action == "calibrate":
+    command, missing = calibrate_command(
+      args.root or DEFAULT_ROOT,
+      os.path.join(args.archive, CALIBRATED_FILE),
+      args.budgets,
+      args.objectives,
+      min(args.seeds),
+    )
+    if missing:
+      print(f"no exported model (pruned or never trained): {', '.join(missing)}", file=sys.stderr)
+    print(shlex.join(command), flush=True)
+    returncode = study._run_command(command)
+    if returncode:
+      raise SystemExit(returncode)
+    return
   table = collect(
     args.root or args.archive, args.budgets, args.objectives, args.seeds, args.study_archive
   )
@@ -416,6 +529,11 @@ def main(argv=None):
       markdown(table),
       paired_report(table, seed=min(args.seeds)),
       label_shares_report(table, seed=min(args.seeds), gold=gold),
+      *(
+        [calibrated_report(calibrated, table, args.budgets, args.objectives, min(args.seeds))]
+        if os.path.exists(calibrated := os.path.join(args.root or args.archive, CALIBRATED_FILE))
+        else []
+      ),
       "Wall-clock of each stage (`cores`: CPU cores the command could use):\n\n"
       + study_report.timings_report(
         args.root or args.archive, {group(b): list(args.objectives) for b in args.budgets}

@@ -1082,6 +1082,43 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   write_point(
     study_grid.run_dir(str(study_archive), data_scale.CORPUS, "base", 0), "base", 37.0, 0.52, 0
   )
+
+  # The calibrated rescoring of the base and the 25k points: MLE's scored predictions as
+  # archived, EMO's one query off; calibration helps EMO on AG News by two queries.
+  def rescored(predictions, correct, calibrated_correct):
+    def accuracy(outcomes):
+      return {"accuracy": float(np.mean(outcomes)), "correct": outcomes}
+
+    return {
+      "predictions": predictions,
+      **accuracy(correct),
+      "calibrated": accuracy(calibrated_correct),
+    }
+
+  sst2 = rescored([1] * 8 + [0] * 2, [True] * 7 + [False] * 3, [True] * 7 + [False] * 3)
+  _write_json(
+    os.path.join(str(root), data_scale.CALIBRATED_FILE),
+    {
+      "base": {
+        "tasks": {
+          "ag_news": rescored([2] * 10, [True] * 5 + [False] * 5, [True] * 6 + [False] * 4),
+          "sst2": sst2,
+        }
+      },
+      "mle_25k": {
+        "tasks": {
+          "ag_news": rescored([2] * 10, [True] * 4 + [False] * 6, [True] * 4 + [False] * 6),
+          "sst2": sst2,
+        }
+      },
+      "emo_25k": {
+        "tasks": {
+          "ag_news": rescored([1] + [2] * 9, [True] * 5 + [False] * 5, [True] * 7 + [False] * 3),
+          "sst2": sst2,
+        }
+      },
+    },
+  )
   results = tmp_path / "RESULTS.md"
   results.write_text(
     "kept\n<!-- smollm2_data_scale:begin -->\nold\n<!-- smollm2_data_scale:end -->\n"
@@ -1121,12 +1158,31 @@ def test_data_scale_report_from_archived_points(tmp_path, capsys):
   assert "| emo | 25,000 | 0.00 / 0.00 / 1.00 / 0.00 | 0.20 / 0.80 |" in printed
   assert "| gold |" not in printed and "gold labels left out" in captured.err
   assert "Wall-clock of each stage" in printed  # No timings.jsonl here: the header alone.
+  assert "| base | 0 | 0.500 | 0.600 | 0.700 | 0.700 | 20 / 20 |" in printed
+  assert "| emo_25k | 25,000 | 0.500 | 0.700 | 0.700 | 0.700 | 19 / 20 |" in printed
+  assert "| 25,000 | +0.300 (+3 / -0, p=0.250) | +0.000 (+0 / -0, p=1.000) |" in printed
   assert (tmp_path / "scale.png").stat().st_size > 10_000
   summary = json.load(open(tmp_path / "scale.json"))
   assert summary["emo"]["25000"]["0"]["ag_news"] == pytest.approx(0.5)
   assert summary["emo"]["25000"]["0"]["ag_news 95% CI"] == pytest.approx([0.3, 0.9])
   assert "240000" not in summary["mle"]  # Unfinished points are absent, not zero.
   assert data_scale.PER_QUERY not in summary["emo"]["25000"]["0"]  # They stay in the archive.
+
+
+def test_data_scale_calibrates_every_point_whose_export_was_kept(tmp_path):
+  import data_scale
+
+  kept = study_grid.run_dir(str(tmp_path), data_scale.group(100_000), "emo", 0)
+  os.makedirs(os.path.join(kept, "hf_export"))
+  command, missing = data_scale.calibrate_command(
+    str(tmp_path), "out.json", data_scale.BUDGETS, data_scale.OBJECTIVES, 0
+  )
+  models = [command[i + 1] for i, flag in enumerate(command) if flag == "--model"]
+  assert models == [
+    f"base={data_scale.PRETRAINED}",
+    f"emo_100k={os.path.join(kept, 'hf_export')}",
+  ]
+  assert missing == ["mle_25k", "emo_25k", "mle_100k", "mle_240k", "emo_240k"]
 
 
 @pytest.mark.parametrize(
