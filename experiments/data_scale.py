@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import child_process
 import study_grid
 import study_report
 
@@ -512,7 +513,8 @@ def main(argv=None):
     if missing:
       print(f"no exported model (pruned or never trained): {', '.join(missing)}", file=sys.stderr)
     print(shlex.join(command), flush=True)
-    returncode = study._run_command(command)
+    child_process.raise_on_sigterm()
+    returncode = child_process.run(command)
     if returncode:
       raise SystemExit(returncode)
     return

@@ -31,12 +31,12 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 
+import child_process
 import study_report
 from provenance import current_commit
 from study_grid import (  # What the study is; shared with the report.
@@ -218,34 +218,6 @@ def record_timing(root, marker, seconds, **extra):
     )
 
 
-def _raise_on_sigterm(signum, frame):
-  raise SystemExit(128 + signum)  # An exception, so run_stage records the interrupted time.
-
-
-# How long an interrupted driver waits for its command to save and exit (a training run's
-# SIGTERM handler writes a checkpoint of the whole train state) before it kills the command.
-STOP_GRACE_SECONDS = 300.0
-
-
-def _run_command(command) -> int:
-  """Runs ``command`` to its end and returns its exit status. Should this driver be
-  interrupted meanwhile, the command gets SIGTERM and up to :data:`STOP_GRACE_SECONDS` to
-  save and exit before it is killed: ``subprocess.run`` would
-  kill it at once, losing a training run's steps since its last checkpoint."""
-  process = subprocess.Popen(command)
-  try:
-    return process.wait()
-  except BaseException:
-    if process.poll() is None:
-      process.terminate()
-      try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
-      except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    raise
-
-
 # How much of a command's time a SIGKILL (or a machine that goes away) can leave unrecorded.
 HEARTBEAT_SECONDS = 30.0
 
@@ -285,9 +257,7 @@ def run_stage(commands, root, heartbeat_seconds=HEARTBEAT_SECONDS):
   for an invocation that was killed outright, its last heartbeat (every
   ``heartbeat_seconds``), recorded when the command is next run."""
   os.makedirs(root, exist_ok=True)
-  # Python's default SIGTERM ends the process without running except blocks.
-  if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+  child_process.raise_on_sigterm()  # So the except block below records interrupted time.
   for command, done in commands:
     if os.path.exists(done):
       print(f"done already: {done}", flush=True)
@@ -303,7 +273,7 @@ def run_stage(commands, root, heartbeat_seconds=HEARTBEAT_SECONDS):
     )
     beat.start()
     try:
-      returncode = _run_command(command)
+      returncode = child_process.run(command)
       if returncode:  # A preempted training run exits non-zero.
         raise subprocess.CalledProcessError(returncode, command)
     except BaseException:

@@ -5,7 +5,8 @@
         -- --config.train.num_steps=1000        # fixed overrides after "--"
 
 prints the 12 commands (each with its own workdir, ``<root>/loss.name=emo,seed=1``);
-``--run`` executes them one after another and stops at the first failure. Every run resumes
+``--run`` executes them one after another and stops at the first failure; stopping the sweep
+(SIGTERM, Ctrl-C) lets the running one save its step first (``child_process``). Every run resumes
 from its workdir, so re-launching a half-finished sweep only does the missing work.
 """
 
@@ -17,6 +18,10 @@ import os
 import shlex
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import child_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,11 +76,23 @@ def main(argv=None):
   parser.add_argument("fixed", nargs="*", help="overrides shared by every run (after --)")
   args = parser.parse_args(argv)
   grid = commands(args.config, args.root, args.grid, args.fixed)
+  if args.run:
+    run_all(grid)
+  else:
+    for command in grid:
+      print(shlex.join(command), flush=True)
+  return grid
+
+
+def run_all(grid) -> None:
+  """Each command in turn, stopping at the first that fails (a preempted run exits 143).
+  SIGTERM to this script is passed on to the running command, which saves its step."""
+  child_process.raise_on_sigterm()
   for command in grid:
     print(shlex.join(command), flush=True)
-    if args.run:
-      subprocess.run(command, check=True)
-  return grid
+    returncode = child_process.run(command)
+    if returncode:
+      raise subprocess.CalledProcessError(returncode, command)
 
 
 if __name__ == "__main__":

@@ -368,7 +368,7 @@ def _run_stage_in_subprocess(done, root, command="import time; time.sleep(60)", 
   ``grace``: its ``STOP_GRACE_SECONDS``."""
   script = (
     f"import sys; sys.path.insert(0, {os.path.join(REPO, 'experiments')!r}); import study; "
-    + (f"study.STOP_GRACE_SECONDS = {grace}; " if grace is not None else "")
+    + (f"study.child_process.STOP_GRACE_SECONDS = {grace}; " if grace is not None else "")
     + f"study.run_stage([([sys.executable, '-c', {command!r}], "
     f"{str(done)!r})], {str(root)!r}, heartbeat_seconds=0.5)"
   )
@@ -415,6 +415,23 @@ def test_an_interrupted_driver_lets_its_command_save_before_it_exits(tmp_path, i
   assert (time.time() - start > 2.5) is ignores_sigterm
   (record,) = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
   assert record["finished"] is False
+
+
+def test_a_stopped_sweep_lets_its_running_command_save(tmp_path):
+  saved = tmp_path / "saved"
+  started = tmp_path / "started"
+  command = f"open({str(started)!r}, 'w').close()\n" + _SAVES_ON_SIGTERM.format(saved=str(saved))
+  script = (
+    f"import sys; sys.path.insert(0, {os.path.join(REPO, 'experiments')!r}); import sweep; "
+    f"sweep.run_all([[sys.executable, '-c', {command!r}], [sys.executable, '-c', 'never = 1']])"
+  )
+  process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+  deadline = time.time() + 60
+  while not started.exists() and time.time() < deadline:
+    time.sleep(0.05)
+  process.terminate()  # The sweep only, as `kill <sweep pid>` would.
+  assert process.wait(timeout=30) == 143
+  assert saved.exists()  # The run saved before the sweep exited; the next run never started.
 
 
 def test_study_run_stage_counts_a_sigkilled_invocation_from_its_heartbeat(tmp_path):
