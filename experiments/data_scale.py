@@ -11,10 +11,14 @@ and the study's own WikiText-2 points (60 steps = 122,880 tokens drawn from the 
 one pass, but not one of the nested subsets) from ``experiments/results/smollm2``, and pairs
 EMO with MLE budget by budget (:func:`paired_report`: differences, McNemar on the few-shot
 queries) and lists the share of few-shot queries each model gives each label
-(:func:`label_shares_report`, gold labels from the data folder).
+(:func:`label_shares_report`, gold labels from the data folder). ``calibrate`` rescores the
+base and every point whose exported model is still in the workdirs with contextual
+calibration (``emo_jax.fewshot``), into the archive's ``fewshot_calibrated.json``, which the
+report tables when present (points scored since carry it in their own ``fewshot.json``).
 
     EMO_JAX_DATA=../shared/data python experiments/data_scale.py run    # resumable, archives
-    python experiments/data_scale.py report --figure experiments/figures/smollm2/data_scale.png \\
+    EMO_JAX_DATA=../shared/data python experiments/data_scale.py calibrate
+    EMO_JAX_DATA=../shared/data python experiments/data_scale.py report --figure experiments/figures/smollm2/data_scale.png \\
         --summary experiments/results/smollm2_data_scale.json --update experiments/RESULTS.md
 
 Layout: ``<root>/tokens<budget>/<objective>/seed<seed>``, i.e. ``study_grid.py``'s with the budget
