@@ -14,7 +14,8 @@ queries) and lists the share of few-shot queries each model gives each label
 (:func:`label_shares_report`, gold labels from the data folder). ``calibrate`` rescores the
 base and every point whose exported model is still in the workdirs with contextual
 calibration (``emo_jax.fewshot``), into the archive's ``fewshot_calibrated.json``, which the
-report tables when present (points scored since carry it in their own ``fewshot.json``).
+report tables when present (points scored from now on also carry calibrated scores in their
+own ``fewshot.json``; the report reads only that file).
 
     EMO_JAX_DATA=../shared/data python experiments/data_scale.py run    # resumable, archives
     EMO_JAX_DATA=../shared/data python experiments/data_scale.py calibrate
