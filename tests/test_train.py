@@ -29,18 +29,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_CONFIG = os.path.join(REPO, "configs", "default.py") + ":smoke"
 
 
-def run_main(workdir, *extra, wait=True, config=SMOKE_CONFIG):
+def main_command(workdir, *extra, config=SMOKE_CONFIG):
   """``main.py --config <config> --workdir <workdir> <extra>`` (``--mode=eval`` etc. go in
-  ``extra``): the completed process, or the running one with ``wait=False``."""
-  command = [
-    sys.executable,
-    os.path.join(REPO, "main.py"),
-    "--config",
-    config,
-    "--workdir",
-    str(workdir),
-    *extra,
-  ]
+  ``extra``)."""
+  main_py = os.path.join(REPO, "main.py")
+  return [sys.executable, main_py, "--config", config, "--workdir", str(workdir), *extra]
+
+
+def run_main(workdir, *extra, wait=True, config=SMOKE_CONFIG):
+  """:func:`main_command`: the completed process, or the running one with ``wait=False``."""
+  command = main_command(workdir, *extra, config=config)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   if not wait:
     return subprocess.Popen(
@@ -562,15 +560,7 @@ def test_finetune_config_starts_from_a_pretrained_hf_directory(tmp_path):
 def launch_main(workdir, *extra, process_id=None, port=None):
   """``main.py`` on the smoke config, running: one process of 4 CPU devices, or with
   ``process_id`` one of two processes of 2 devices each (jax.distributed, Gloo)."""
-  command = [
-    sys.executable,
-    os.path.join(REPO, "main.py"),
-    "--config",
-    SMOKE_CONFIG,
-    "--workdir",
-    str(workdir),
-    *extra,
-  ]
+  command = main_command(workdir, *extra)
   devices = 4
   if process_id is not None:
     devices = 2
