@@ -393,13 +393,10 @@ def calibrated_predictions(losses, content_free_losses) -> np.ndarray:
       f"label losses {losses.shape} and content-free losses {content_free_losses.shape} "
       "need the same labels."
     )
-  log_prior = np.log(np.mean(_softmax(-content_free_losses), axis=0))  # [L]
+  from scipy import special
+
+  log_prior = np.log(np.mean(special.softmax(-content_free_losses, axis=-1), axis=0))  # [L]
   return np.argmax(-losses - log_prior, axis=1)
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-  shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
-  return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def evaluate_task(model, params, tokenizer, data: TaskData, batch_size: int = 8) -> dict:

@@ -9,7 +9,7 @@ gives accuracy with its Wilson 95% interval and, for every model after the first
 McNemar test against the first on the same queries; a second table does the same for the
 contextually calibrated predictions (``emo_jax.fewshot``). The JSON holds every prediction, so
 paired tests across any two models can be redone later. A model already in ``--out`` with the
-same source and settings (k, demonstration seed, query cap) is not scored again (the file is
+same source and settings (k, demonstration seed, query cap, content-free inputs) is not scored again (the file is
 rewritten atomically after each model).
 """
 
@@ -91,6 +91,7 @@ def main(argv=None):
     "k": args.k,
     "demonstration_seed": args.demonstration_seed,
     "max_queries": args.max_queries,
+    "content_free": list(fewshot.CONTENT_FREE),  # The calibrated score's prior.
   }
   data = {}  # Each task's prompts, read once for all models.
   for name, source in args.model:
@@ -99,8 +100,6 @@ def main(argv=None):
       stored.get("source") == source
       and stored.get("settings") == settings
       and set(tasks) <= set(stored.get("tasks", {}))
-      # Scored before calibration was reported: scored again.
-      and all("calibrated" in stored["tasks"][task] for task in tasks)
     ):
       continue
     model, params = models.from_pretrained(source)
